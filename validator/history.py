@@ -1,0 +1,151 @@
+"""Ports for the course history and the audit store, with in-memory implementations.
+
+The core reads a patient's accepted orders and the stored answer of a message
+key through `Store`; `workers/` provides the SQL implementation. Everything one
+message changes is handed to `Store.save` as one `ProcessedMessage`, which an
+implementation must write atomically (message key, audit record, history).
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol as PortProtocol
+
+from pydantic import BaseModel
+
+from .model import Coded
+
+
+class HistoryEntry(BaseModel):
+    """One accepted order in a patient's course history."""
+
+    patient_key: str
+    sender: str  # MSH-3^MSH-4 of the ordering message
+    placer_number: str
+    placer_namespace: str = ""
+    control_id: str  # MSH-10 of the ordering message
+    drug: Coded
+    protocol_order: bool  # a GO dose
+    protocol_id: str = ""
+    start: datetime | None = None
+    amount: Decimal | None = None
+    amount_units: str = ""
+    route: str = ""
+    as_needed: bool = False
+
+
+class Cancellation(BaseModel):
+    """A CA/DC request that matched an accepted order."""
+
+    patient_key: str
+    sender: str
+    placer_number: str
+    placer_namespace: str = ""
+    control: str  # CA or DC
+    leaves_history: bool  # False when the dose had already started (it still counts)
+    requested_at: datetime
+
+
+class MessageKey(BaseModel):
+    """contract.md §3: (MSH-3, MSH-4, MSH-10) and the SHA-256 of the normalised message."""
+
+    sending_application: str
+    sending_facility: str
+    control_id: str
+    content_sha256: str
+
+
+class StoredAnswer(BaseModel):
+    content_sha256: str
+    result: dict[str, Any]  # the JSON result, "response" included, as first answered
+
+
+class ProcessedMessage(BaseModel):
+    """Everything one message adds to the store, written in one transaction."""
+
+    key: MessageKey | None  # None: not stored under a key (unreadable, or a duplicate control id)
+    received_at: datetime
+    answered_at: datetime
+    sender: str
+    control_id: str | None
+    patient_key: str
+    raw_message: str
+    ack_code: str
+    result: dict[str, Any]
+    response: str
+    protocol_id: str
+    protocol_version: str
+    computed: dict[str, Any] = {}
+    new_orders: list[HistoryEntry] = []
+    cancellations: list[Cancellation] = []
+
+
+class KeyTaken(Exception):
+    """Another worker stored the same message key first; re-read its answer."""
+
+
+class Store(PortProtocol):
+    def answer_for(self, key: MessageKey) -> StoredAnswer | None:
+        """The stored answer under (sender app, sender facility, control id), whatever its hash."""
+
+    def orders_for(self, patient_key: str) -> list[HistoryEntry]:
+        """The patient's course history: accepted orders not removed by a cancellation."""
+
+    def save(self, processed: ProcessedMessage) -> None:
+        """Write atomically; raise `KeyTaken` if `processed.key` is already stored.
+
+        Cancellations (and replacements) are applied before `new_orders` are added:
+        a replacement XO carries the same placer number as the order it replaces.
+        """
+
+    def record_delivery(self, key: MessageKey, received_at: datetime) -> None:
+        """Log one more delivery of an already answered message."""
+
+
+class InMemoryStore:
+    """The store of one `rxgate check` run without `--db`, and of the unit tests."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.answers: dict[tuple[str, str, str], StoredAnswer] = {}
+        self.orders: dict[str, list[HistoryEntry]] = {}
+        self.removed: list[HistoryEntry] = []
+        self.audit: list[ProcessedMessage] = []
+        self.deliveries: list[tuple[MessageKey, datetime]] = []
+
+    @staticmethod
+    def _slot(key: MessageKey) -> tuple[str, str, str]:
+        return (key.sending_application, key.sending_facility, key.control_id)
+
+    def answer_for(self, key: MessageKey) -> StoredAnswer | None:
+        return self.answers.get(self._slot(key))
+
+    def orders_for(self, patient_key: str) -> list[HistoryEntry]:
+        return list(self.orders.get(patient_key, []))
+
+    def save(self, processed: ProcessedMessage) -> None:
+        with self._lock:
+            if processed.key is not None:
+                slot = self._slot(processed.key)
+                if slot in self.answers:
+                    raise KeyTaken(slot)
+                self.answers[slot] = StoredAnswer(content_sha256=processed.key.content_sha256, result=processed.result)
+                self.deliveries.append((processed.key, processed.received_at))
+            for cancel in processed.cancellations:
+                if not cancel.leaves_history:
+                    continue
+                kept = []
+                for entry in self.orders.get(cancel.patient_key, []):
+                    same = (entry.sender, entry.placer_number, entry.placer_namespace) == (
+                        cancel.sender, cancel.placer_number, cancel.placer_namespace)
+                    (self.removed if same else kept).append(entry)
+                self.orders[cancel.patient_key] = kept
+            for entry in processed.new_orders:
+                self.orders.setdefault(entry.patient_key, []).append(entry)
+            self.audit.append(processed)
+
+    def record_delivery(self, key: MessageKey, received_at: datetime) -> None:
+        with self._lock:
+            self.deliveries.append((key, received_at))

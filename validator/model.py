@@ -1,0 +1,156 @@
+"""The order set as the rules see it: typed, units kept as sent, times zone-aware."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+
+class Coded(_Model):
+    """A coded element (CWE/CE): code^text^system."""
+
+    code: str = ""
+    text: str = ""
+    system: str = ""
+    more_text: str = ""  # alternate text (5) and original text (9), for text matching
+
+    def label(self) -> str:
+        return self.text or self.code
+
+
+class Location(_Model):
+    """Where a value sits: segment name, its occurrence in the message, field number."""
+
+    segment: str
+    occurrence: int = 1
+    field: int = 0
+
+    def short(self) -> str:
+        """`RXE-3`: the JSON finding's location."""
+        return f"{self.segment}-{self.field}" if self.field else self.segment
+
+    def err2(self) -> str:
+        """`RXE^1^3`: ERR-2 of the response."""
+        return f"{self.segment}^{self.occurrence}^{self.field}" if self.field else f"{self.segment}^{self.occurrence}"
+
+
+class Quantity(_Model):
+    """A number with its unit as sent; `comparator` keeps a bound such as `>` of SN `>^90`."""
+
+    value: Decimal
+    unit: Coded = Coded()
+    comparator: str = ""
+
+
+class Observation(_Model):
+    location: Location  # the OBX segment
+    set_id: str = ""
+    value_type: str = ""
+    code: Coded = Coded()
+    raw_value: str = ""
+    quantity: Quantity | None = None  # numeric reading of OBX-5, when it has one
+    units: Coded = Coded()
+    reference_range: str = ""
+    abnormal_flags: str = ""
+    status: str = ""
+    observed_at: datetime | None = None
+    order_index: int | None = None  # the order group it came in, if any
+
+    @property
+    def final(self) -> bool:
+        return self.status.upper() in ("F", "C")
+
+
+class Timing(_Model):
+    """Timing of one order, from TQ1 (v2.5+) or the TQ of RXE-1 / ORC-7 (v2.3/2.4)."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    service_duration: Quantity | None = None  # TQ1-6, e.g. 240^min
+    priority: str = ""  # TQ1-9 / TQ-6, e.g. PRN
+    condition: str = ""  # TQ1-10 / TQ-7
+    start_location: Location | None = None
+    end_location: Location | None = None
+    duration_location: Location | None = None
+
+    @property
+    def as_needed(self) -> bool:
+        return "PRN" in self.priority.upper().split("~") or bool(self.condition)
+
+
+class Order(_Model):
+    """One ORDER group: ORC with its RXE/RXO, RXR, TQ1, RXC and OBX."""
+
+    index: int  # 0-based position among the message's orders
+    control: str = ""  # ORC-1
+    placer_number: str = ""  # ORC-2.1
+    placer_namespace: str = ""  # ORC-2.2
+    filler_number: str = ""  # ORC-3.1
+    placer_group: str = ""  # ORC-4.1
+    drug: Coded = Coded()  # RXE-2, else RXO-1
+    drug_location: Location | None = None
+    amount: Decimal | None = None  # RXE-3, else RXO-2
+    amount_raw: str = ""
+    amount_max: Decimal | None = None  # RXE-4 (RXO-3)
+    amount_units: Coded = Coded()  # RXE-5, else RXO-4
+    amount_location: Location | None = None
+    route: Coded | None = None  # RXR-1
+    route_location: Location | None = None
+    timing: Timing = Timing()
+    rate_amount: Decimal | None = None  # RXE-23
+    rate_units: Coded = Coded()  # RXE-24
+    rate_location: Location | None = None
+    components: list[Quantity] = []  # RXC-3/4 amounts (volume for the rate)
+    orc_location: Location | None = None
+    # Raw segment lines echoed in the response (ORC, RXE or RXO, RXR).
+    echo_lines: list[str] = []
+    orc_line: str = ""
+
+    @property
+    def placer_key(self) -> str:
+        return f"{self.placer_number}^{self.placer_namespace}"
+
+    def drug_label(self) -> str:
+        return self.drug.text or self.drug.code
+
+
+class Patient(_Model):
+    id: str = ""  # PID-3 chosen identifier (type MR, else the first)
+    id_authority: str = ""
+    birth_raw: str = ""  # PID-7 as sent
+    birth_date: date | None = None  # None when absent or partial (no day)
+    sex: str = ""
+
+    @property
+    def key(self) -> str:
+        """The course history's patient key."""
+        return f"{self.id}^{self.id_authority}" if self.id else ""
+
+
+class OrderSet(_Model):
+    """One pharmacy order message, read."""
+
+    control_id: str = ""
+    message_type: str = ""  # MSH-9 as sent, e.g. RDE^O11^RDE_O11
+    message_code: str = ""  # MSH-9.1
+    trigger_event: str = ""  # MSH-9.2
+    version: str = ""  # MSH-12.1
+    sending_application: str = ""
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    message_time: datetime | None = None  # MSH-7
+    patient: Patient = Patient()
+    pid_line: str = ""
+    orders: list[Order] = []
+    observations: list[Observation] = []
+
+    @property
+    def sender(self) -> str:
+        return f"{self.sending_application}^{self.sending_facility}"

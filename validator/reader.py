@@ -1,0 +1,337 @@
+"""HL7 v2 pharmacy order text -> OrderSet.
+
+Tolerant on form (separators, framing, broken lines, segment order), strict on
+meaning: what cannot be read is left empty so that the rules refuse it, and a
+message that is not a supported pharmacy order raises `MessageRejected`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import tzinfo
+from decimal import Decimal, InvalidOperation
+
+from .er7 import Encoding, RawMessage, Segment, escape, unescape
+from .errors import MessageRejected
+from .hl7time import parse_date, parse_datetime
+from .model import Coded, Location, Observation, Order, OrderSet, Patient, Quantity, Timing
+
+SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
+SUPPORTED_TYPES = {"RDE": ("O11", "O25", "O01"), "OMP": ("O09",), "ORM": ("O01",)}
+
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+_TEXT_NUMBER = re.compile(r"^\s*(<=|>=|<|>|=)?\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(%)?\s*$")
+_TEXT_RANGE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(%)?\s*-\s*(\d+(?:\.\d*)?)\s*(%)?\s*$")
+_TQ_DURATION = re.compile(r"^([SMHDWL])(\d+(?:\.\d+)?)$", re.I)
+_TQ_DURATION_UNITS = {"S": "s", "M": "min", "H": "h", "D": "d", "W": "wk", "L": "mo"}
+
+
+def decimal_or_none(raw: str) -> Decimal | None:
+    raw = raw.strip()
+    if not raw or not _NUMBER.match(raw):
+        return None
+    try:
+        return Decimal(raw)
+    except InvalidOperation:
+        return None
+
+
+def coded(seg: Segment, n: int, rep: int = 0) -> Coded:
+    more = " ".join(t for t in (seg.component(n, 5, rep), seg.component(n, 9, rep)) if t)
+    return Coded(
+        code=seg.component(n, 1, rep), text=seg.component(n, 2, rep), system=seg.component(n, 3, rep), more_text=more
+    )
+
+
+def read_header(raw: RawMessage, tz: tzinfo) -> OrderSet:
+    """MSH only: enough to answer, even when the rest is rejected."""
+    msh = raw.segments()[0] if raw.lines else None
+    if msh is None or msh.name != "MSH":
+        raise MessageRejected("hl7.structure", "100", "the message does not start with an MSH segment")
+    return OrderSet(
+        control_id=msh.component(10),
+        message_type=msh.field(9),
+        message_code=msh.component(9, 1).upper(),
+        trigger_event=msh.component(9, 2).upper(),
+        version=msh.component(12, 1),
+        sending_application=msh.field(3),
+        sending_facility=msh.field(4),
+        receiving_application=msh.field(5),
+        receiving_facility=msh.field(6),
+        message_time=parse_datetime(msh.field(7), tz),
+    )
+
+
+def check_supported(order_set: OrderSet) -> None:
+    """Raise `MessageRejected` unless this is a supported pharmacy order in a supported version."""
+    if not order_set.version:
+        raise MessageRejected("hl7.version", "203", "MSH-12 (version) is missing; supported versions are 2.3 to 2.8.2", "MSH", 12)
+    if order_set.version not in SUPPORTED_VERSIONS:
+        raise MessageRejected(
+            "hl7.version", "203", f"HL7 version {order_set.version} is not supported (2.3 to 2.8.2)", "MSH", 12
+        )
+    if not order_set.message_code:
+        raise MessageRejected("hl7.message_type", "101", "MSH-9 (message type) is missing", "MSH", 9)
+    events = SUPPORTED_TYPES.get(order_set.message_code)
+    if events is None:
+        raise MessageRejected(
+            "hl7.message_type", "200",
+            f"message type {order_set.message_code} is not a pharmacy order "
+            "(RDE^O11, RDE^O25, RDE^O01, OMP^O09, ORM^O01 are processed)", "MSH", 9,
+        )
+    if order_set.trigger_event not in events:
+        raise MessageRejected(
+            "hl7.trigger_event", "201",
+            f"event {order_set.message_code}^{order_set.trigger_event or '(none)'} is not supported "
+            f"(supported: {', '.join(order_set.message_code + '^' + e for e in events)})", "MSH", 9,
+        )
+    if not order_set.control_id:
+        raise MessageRejected("hl7.control_id", "101", "MSH-10 (message control id) is missing", "MSH", 10)
+
+
+def read_order_set(raw: RawMessage, tz: tzinfo) -> OrderSet:
+    """Read a whole pharmacy order message. Raises `MessageRejected` when it is not one."""
+    order_set = read_header(raw, tz)
+    check_supported(order_set)
+    segments = raw.segments()
+    current: _OrderState | None = None
+    states: list[_OrderState] = []
+    observations: list[Observation] = []
+    for seg in segments[1:]:
+        name = seg.name
+        if name == "PID" and not order_set.pid_line:
+            order_set.patient = _read_patient(seg)
+            order_set.pid_line = reencode(seg)
+        elif name == "ORC":
+            current = _OrderState(_new_order(len(states), seg), orc=seg)
+            states.append(current)
+        elif name in ("RXE", "RXO", "RXR", "TQ1", "RXC", "OBR"):
+            # An RXE/RXO without its own ORC (seen in older ORM traffic) starts an order of its own.
+            if current is None or (name == "RXE" and current.rxe) or (name == "RXO" and current.rxo):
+                current = _OrderState(_new_order(len(states), None))
+                states.append(current)
+            _read_order_segment(current, seg, tz)
+        elif name == "OBX":
+            observations.append(_read_observation(seg, current.order.index if current else None, tz))
+    orders = [state.finish(tz) for state in states]
+    if not orders:
+        raise MessageRejected(
+            "hl7.structure", "101", f"{order_set.message_code}^{order_set.trigger_event} has no order group (ORC with RXE/RXO)",
+            "ORC", 0,
+        )
+    order_set.orders = orders
+    order_set.observations = observations
+    return order_set
+
+
+def _new_order(index: int, orc: Segment | None) -> Order:
+    if orc is None:
+        return Order(index=index, control="NW")
+    return Order(
+        index=index,
+        control=orc.component(1).upper(),
+        placer_number=orc.component(2, 1),
+        placer_namespace=orc.component(2, 2),
+        filler_number=orc.component(3, 1),
+        placer_group=orc.component(4, 1),
+        orc_location=Location(segment="ORC", occurrence=orc.occurrence, field=1),
+        orc_line=reencode(orc),
+    )
+
+
+class _OrderState:
+    """The segments of one ORDER group while it is being read."""
+
+    def __init__(self, order: Order, orc: Segment | None = None):
+        self.order = order
+        self.orc = orc
+        self.rxe: Segment | None = None
+        self.rxo: Segment | None = None
+        self.tq1_before: Segment | None = None  # TIMING group (before RXO)
+        self.tq1_after: Segment | None = None  # TIMING_ENCODED group (after RXE)
+        self.rxr_before: list[Segment] = []
+        self.rxr_after: list[Segment] = []
+
+    def finish(self, tz: tzinfo) -> Order:
+        order = self.order
+        rxrs = self.rxr_after or self.rxr_before
+        if rxrs:
+            # The RXR after RXE (the encoded order) wins over the order detail's.
+            order.route = coded(rxrs[0], 1)
+            order.route_location = Location(segment="RXR", occurrence=rxrs[0].occurrence, field=1)
+        main = self.rxe or self.rxo
+        order.echo_lines = [reencode(seg) for seg in ([main] if main else []) + rxrs]
+        order.timing = _timing(self, tz)
+        return order
+
+
+def _read_order_segment(state: _OrderState, seg: Segment, tz: tzinfo) -> None:
+    order = state.order
+    name = seg.name
+    if name == "RXE":
+        state.rxe = seg
+        # RXE wins over RXO where both exist (go-protocol.md, "Orders without RXE").
+        order.drug = coded(seg, 2)
+        order.drug_location = Location(segment="RXE", occurrence=seg.occurrence, field=2)
+        order.amount_raw = seg.component(3)
+        order.amount = decimal_or_none(order.amount_raw)
+        order.amount_max = decimal_or_none(seg.component(4))
+        order.amount_units = coded(seg, 5)
+        order.amount_location = Location(segment="RXE", occurrence=seg.occurrence, field=3)
+        order.rate_amount = decimal_or_none(seg.component(23))
+        order.rate_units = coded(seg, 24)
+        if seg.field(23):
+            order.rate_location = Location(segment="RXE", occurrence=seg.occurrence, field=23)
+    elif name == "RXO":
+        state.rxo = seg
+        if state.rxe is None:
+            order.drug = coded(seg, 1)
+            order.drug_location = Location(segment="RXO", occurrence=seg.occurrence, field=1)
+            order.amount_raw = seg.component(2)
+            order.amount = decimal_or_none(order.amount_raw)
+            order.amount_max = decimal_or_none(seg.component(3))
+            order.amount_units = coded(seg, 4)
+            order.amount_location = Location(segment="RXO", occurrence=seg.occurrence, field=2)
+    elif name == "RXR":
+        (state.rxr_after if state.rxe else state.rxr_before).append(seg)
+    elif name == "TQ1":
+        if state.rxe and state.tq1_after is None:
+            state.tq1_after = seg
+        elif not state.rxe and state.tq1_before is None:
+            state.tq1_before = seg
+    elif name == "RXC":
+        amount = decimal_or_none(seg.component(3))
+        if amount is not None:
+            order.components.append(Quantity(value=amount, unit=coded(seg, 4)))
+    elif name == "OBR" and not (order.drug.code or order.drug.text):
+        # ORC + OBR is a non-pharmacy order (ORM^O01): named by its service id.
+        order.drug = coded(seg, 4)
+        order.drug_location = Location(segment="OBR", occurrence=seg.occurrence, field=4)
+
+
+def _timing(state: _OrderState, tz: tzinfo) -> Timing:
+    """TQ1 (the encoded order's first) gives the timing; the TQ of RXE-1, else ORC-7, fills what it lacks."""
+    timing = Timing()
+    tq1 = state.tq1_after or state.tq1_before
+    if tq1 is not None:
+        timing.start = parse_datetime(tq1.component(7), tz)
+        if tq1.field(7):
+            timing.start_location = Location(segment="TQ1", occurrence=tq1.occurrence, field=7)
+        timing.end = parse_datetime(tq1.component(8), tz)
+        if tq1.field(8):
+            timing.end_location = Location(segment="TQ1", occurrence=tq1.occurrence, field=8)
+        value = decimal_or_none(tq1.component(6, 1))
+        if value is not None:
+            timing.service_duration = Quantity(value=value, unit=Coded(code=tq1.component(6, 2), text=tq1.component(6, 3)))
+            timing.duration_location = Location(segment="TQ1", occurrence=tq1.occurrence, field=6)
+        timing.priority = "~".join(tq1.component(9, 1, r) for r in range(len(tq1.repetitions(9))))
+        timing.condition = tq1.component(10)
+    tq_source: tuple[Segment, int] | None = None
+    if state.rxe is not None and state.rxe.field(1):
+        tq_source = (state.rxe, 1)
+    elif state.orc is not None and state.orc.field(7):
+        tq_source = (state.orc, 7)
+    if tq_source is not None:
+        seg, n = tq_source
+        if timing.start is None and seg.component(n, 4):
+            timing.start = parse_datetime(seg.component(n, 4), tz)
+            timing.start_location = Location(segment=seg.name, occurrence=seg.occurrence, field=n)
+        if timing.end is None and seg.component(n, 5):
+            timing.end = parse_datetime(seg.component(n, 5), tz)
+            timing.end_location = Location(segment=seg.name, occurrence=seg.occurrence, field=n)
+        if timing.service_duration is None:
+            m = _TQ_DURATION.match(seg.component(n, 3))
+            if m:
+                timing.service_duration = Quantity(
+                    value=Decimal(m.group(2)), unit=Coded(code=_TQ_DURATION_UNITS[m.group(1).upper()])
+                )
+                timing.duration_location = Location(segment=seg.name, occurrence=seg.occurrence, field=n)
+        if not timing.priority:
+            timing.priority = seg.component(n, 6)
+        if not timing.condition:
+            timing.condition = seg.component(n, 7)
+    return timing
+
+
+def _read_patient(pid: Segment) -> Patient:
+    chosen = 0
+    reps = pid.repetitions(3)
+    for i in range(len(reps)):
+        if pid.component(3, 5, i).upper() == "MR" and pid.component(3, 1, i):
+            chosen = i
+            break
+    else:
+        for i in range(len(reps)):
+            if pid.component(3, 1, i):
+                chosen = i
+                break
+    birth_raw = pid.component(7, 1)
+    return Patient(
+        id=pid.component(3, 1, chosen),
+        id_authority=pid.component(3, 4, chosen),
+        birth_raw=birth_raw,
+        birth_date=parse_date(birth_raw) if len(birth_raw) >= 8 else None,
+        sex=pid.component(8),
+    )
+
+
+def _read_observation(seg: Segment, order_index: int | None, tz: tzinfo) -> Observation:
+    value_type = seg.component(2).upper()
+    units = coded(seg, 6)
+    raw_value = seg.field(5)
+    quantity: Quantity | None = None
+    if value_type == "SN":
+        comparator = seg.component(5, 1)
+        first = decimal_or_none(seg.component(5, 2))
+        if first is not None:
+            quantity = Quantity(value=first, unit=units, comparator=comparator)
+    else:
+        text = seg.component(5, 1) if value_type in ("NM", "") else _leaf_text(seg, 5)
+        number = decimal_or_none(text)
+        if number is not None:
+            quantity = Quantity(value=number, unit=units)
+        else:
+            m = _TEXT_NUMBER.match(text)
+            if m:
+                quantity = Quantity(value=Decimal(m.group(2)), unit=units if not m.group(3) else Coded(code="%"), comparator=m.group(1) or "")
+            else:
+                m = _TEXT_RANGE.match(text)
+                if m:  # a range "30-40" counts as its lower value (go-protocol.md)
+                    quantity = Quantity(value=Decimal(m.group(1)), unit=units if not (m.group(2) or m.group(4)) else Coded(code="%"))
+    return Observation(
+        location=Location(segment="OBX", occurrence=seg.occurrence, field=5),
+        set_id=seg.component(1),
+        value_type=value_type,
+        code=coded(seg, 3),
+        raw_value=_leaf_text(seg, 5) if raw_value else "",
+        quantity=quantity,
+        units=units,
+        reference_range=seg.component(7),
+        abnormal_flags=seg.component(8),
+        status=seg.component(11).upper(),
+        observed_at=parse_datetime(seg.component(14), tz),
+        order_index=order_index,
+    )
+
+
+def _leaf_text(seg: Segment, n: int) -> str:
+    """A text value with its components joined back (ST/TX/FT may contain `^` as escaped text)."""
+    return " ".join(c for c in seg.components(n) if c).strip()
+
+
+STANDARD = Encoding()
+
+
+def reencode(seg: Segment) -> str:
+    """A segment written with the standard encoding characters `|^~\\&` (the response's)."""
+    if seg.enc == STANDARD:
+        return seg.line
+    out_fields: list[str] = []
+    for raw in seg.fields[1:]:
+        reps = []
+        for rep in raw.split(seg.enc.repetition):
+            comps = ["&".join(escape(unescape(sub, seg.enc)) for sub in comp.split(seg.enc.subcomponent))
+                     for comp in rep.split(seg.enc.component)]
+            reps.append("^".join(comps))
+        out_fields.append("~".join(reps))
+    return seg.name + "|" + "|".join(out_fields)

@@ -1,0 +1,153 @@
+"""The HL7 response, built as text (contract.md §2).
+
+Only the fields the response's version has are written: below 2.5 the ERR
+segment has only ERR-1; from 2.7 on MSA-3 is gone (the reason is in ERR-8).
+Responses use `|^~\\&` and ASCII only.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+import uuid
+from datetime import datetime
+
+from .er7 import escape
+from .findings import Finding
+from .model import Location, OrderSet
+from .reader import SUPPORTED_VERSIONS as _SUPPORTED
+from .verdict import Judgement
+
+# (message code, event) -> (response code, event, structure)
+RESPONSE_TYPES = {
+    ("RDE", "O11"): ("RRE", "O12", "RRE_O12"),
+    ("RDE", "O25"): ("RRE", "O26", "RRE_O12"),
+    ("RDE", "O01"): ("RRE", "O02", "RRE_O02"),
+    ("OMP", "O09"): ("ORP", "O10", "ORP_O10"),
+    ("ORM", "O01"): ("ORR", "O02", "ORR_O02"),
+}
+FALLBACK_VERSION = "2.5.1"
+ERROR_TEXTS = {
+    "100": "Segment sequence error",
+    "101": "Required field missing",
+    "102": "Data type error",
+    "103": "Table value not found",
+    "200": "Unsupported message type",
+    "201": "Unsupported event code",
+    "203": "Unsupported version id",
+    "207": "Application internal error",
+}
+_ASCII = {"²": "2", "³": "3", "×": "x", "µ": "u", "μ": "u", "≥": ">=", "≤": "<=", "−": "-", "–": "-", "—": "-",
+          "±": "+/-", "°": " deg", "→": "->", "’": "'", "‘": "'", "“": '"', "”": '"', "√": "sqrt"}
+
+
+def to_ascii(text: str) -> str:
+    """Transliterate to ASCII (m², ×, µg -> m2, x, ug)."""
+    if text.isascii():
+        return text
+    for k, v in _ASCII.items():
+        text = text.replace(k, v)
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in version.split("."))
+    except ValueError:
+        return (2, 5, 1)
+
+
+def new_control_id() -> str:
+    """A unique response MSH-10 of 20 characters."""
+    return "RX" + uuid.uuid4().hex[:18].upper()
+
+
+def _msh(header: OrderSet, message_type: str, version: str, now: datetime, processing: str = "P") -> str:
+    fields = [
+        "MSH", "^~\\&",
+        escape_hd(header.receiving_application), escape_hd(header.receiving_facility),
+        escape_hd(header.sending_application), escape_hd(header.sending_facility),
+        now.strftime("%Y%m%d%H%M%S%z"), "", message_type, new_control_id(), processing or "P", version,
+    ]
+    return "|".join(fields)
+
+
+def escape_hd(raw: str) -> str:
+    """MSH-3..6 as sent, with field and repetition characters that would break ours escaped."""
+    return raw.replace("|", "\\F\\").replace("~", "\\R\\").replace("\r", "")
+
+
+def _err(found: Finding, location: Location | None, version: tuple[int, ...], code: str = "207") -> str:
+    loc = location or Location(segment="MSH", occurrence=1, field=0)
+    severity = {"error": "E", "warning": "W"}.get(found.severity, "I")
+    message = escape(to_ascii(found.message))
+    code_text = ERROR_TEXTS.get(code, "Application internal error")
+    if version < (2, 5):
+        # ERR-1 (ELD): segment^sequence^field^code (CE with the rule id and message as the local alternate).
+        ce = "&".join([code, code_text, "HL70357", found.rule, message.replace("&", "\\T\\"), "L"])
+        return f"ERR|{loc.segment}^{loc.occurrence}^{loc.field or ''}^{ce}"
+    err2 = loc.err2()
+    return f"ERR||{err2}|{code}^{code_text}^HL70357|{severity}|{found.rule}|||{message}"
+
+
+def _msa(ack: str, control_id: str, reason: str, version: tuple[int, ...]) -> str:
+    fields = ["MSA", ack, escape(control_id)]
+    if ack != "AA" and version < (2, 7):
+        fields.append(escape(to_ascii(reason))[:80])
+    return "|".join(fields)
+
+
+def reason_line(findings: list[Finding]) -> str:
+    errors = [f for f in findings if f.severity == "error"]
+    if not errors:
+        return ""
+    first = errors[0]
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{first.rule}: {first.message}{more}"
+
+
+def build_response(judgement: Judgement, now: datetime, processing: str = "P") -> str:
+    """The RRE^O12 (or pair) for a processed order message."""
+    order_set = judgement.order_set
+    version = order_set.version
+    vt = version_tuple(version)
+    code, event, structure = RESPONSE_TYPES[(order_set.message_code, order_set.trigger_event)]
+    message_type = f"{code}^{event}" if vt < (2, 3, 1) else f"{code}^{event}^{structure}"
+    findings = judgement.findings
+    ack = judgement.ack_code
+    lines = [_msh(order_set, message_type, version, now, processing), _msa(ack, order_set.control_id, reason_line(findings), vt)]
+    for found in findings:
+        if found.severity == "info":
+            continue
+        location = found.location
+        if location is None and found.order_index is not None:
+            location = order_set.orders[found.order_index].orc_location
+        lines.append(_err(found, location, vt))
+    if order_set.pid_line:
+        lines.append(order_set.pid_line)
+    for verdict in judgement.orders:
+        order = verdict.order
+        orc = order.orc_line.split("|") if order.orc_line else ["ORC", ""]
+        orc[1] = verdict.control
+        lines.append("|".join(orc))
+        lines.extend(order.echo_lines)
+    return to_ascii("\r".join(lines) + "\r")
+
+
+def build_rejection(
+    header: OrderSet | None, rule: str, code: str, message: str, location: Location | None, now: datetime,
+    processing: str = "P",
+) -> str:
+    """An ACK with MSA-1 AR: the message as a whole was not processed."""
+    header = header or OrderSet()
+    version = header.version if header.version in _SUPPORTED else FALLBACK_VERSION
+    vt = version_tuple(version)
+    event = header.trigger_event if header.trigger_event.isalnum() else ""
+    message_type = "ACK" if not event else (f"ACK^{event}" if vt < (2, 3, 1) else f"ACK^{event}^ACK")
+    found = Finding(rule=rule, severity="error", message=message, location=location)
+    lines = [
+        _msh(header, message_type, version, now, processing),
+        _msa("AR", header.control_id, f"{rule}: {message}", vt),
+        _err(found, location, vt, code),
+    ]
+    return to_ascii("\r".join(lines) + "\r")
+

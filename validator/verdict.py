@@ -1,0 +1,249 @@
+"""Judging an order set: run the rules on each GO dose, decide each order, cascade to premeds."""
+
+from __future__ import annotations
+
+from datetime import datetime, tzinfo
+from typing import Any
+
+from pydantic import BaseModel
+
+from .drugs import is_protocol_drug
+from .findings import Finding, error, info
+from .history import Cancellation, HistoryEntry
+from .model import Order, OrderSet
+from .observations import usable_observations
+from .protocol import Protocol
+from .rules import DOSE_RULES
+from .rules.base import DoseContext
+from .rules.eligibility import age_in_years
+from .rules.premedication import belonging_premedications
+
+NEW_ORDER_CONTROLS = ("NW", "XO", "RP", "")
+CANCEL_CONTROLS = {"CA": ("CR", "UC"), "DC": ("DR", "UD")}
+
+
+class OrderVerdict(BaseModel):
+    order: Order
+    protocol_order: bool
+    control: str  # response ORC-1: OK, UA, CR, DR, UC, UD
+    findings: list[Finding] = []
+    computed: dict[str, Any] = {}
+
+    @property
+    def accepted(self) -> bool:
+        return self.control in ("OK", "CR", "DR")
+
+
+class Judgement(BaseModel):
+    order_set: OrderSet
+    protocol_id: str
+    protocol_version: str
+    orders: list[OrderVerdict]
+    message_findings: list[Finding] = []
+    new_orders: list[HistoryEntry] = []
+    cancellations: list[Cancellation] = []
+
+    @property
+    def ack_code(self) -> str:
+        return "AA" if all(v.accepted for v in self.orders) else "AE"
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Every finding of the message, order-level ones included, in order."""
+        out = list(self.message_findings)
+        for verdict in self.orders:
+            out.extend(verdict.findings)
+        return out
+
+
+def judge(
+    order_set: OrderSet, history: list[HistoryEntry], protocol: Protocol, *, tz: tzinfo, received_at: datetime
+) -> Judgement:
+    """Decide every order of the message. Pure: the caller persists `new_orders` and `cancellations`."""
+    observations, message_findings = usable_observations(order_set, protocol, received_at)
+    verdicts = [
+        OrderVerdict(order=o, protocol_order=is_protocol_drug(o.drug, protocol), control="OK")
+        for o in order_set.orders
+    ]
+    patient_key = order_set.patient.key
+    cancellations: list[Cancellation] = []
+
+    # Order control codes first: cancellations and unknown codes are not judged as orders.
+    to_judge: list[OrderVerdict] = []
+    for verdict in verdicts:
+        control = verdict.order.control
+        if control in CANCEL_CONTROLS:
+            cancellation = _cancel(verdict, order_set, history, received_at)
+            if cancellation is not None:
+                cancellations.append(cancellation)
+        elif control not in NEW_ORDER_CONTROLS:
+            verdict.control = "UA"
+            verdict.findings.append(
+                _at(error(
+                    "hl7.order_control",
+                    f"order control {control!r} is not processed (NW, XO, RP new orders; CA, DC cancellations)",
+                    verdict.order.orc_location,
+                ), verdict)
+            )
+        else:
+            to_judge.append(verdict)
+
+    # Replacements (XO/RP) take the place of the accepted order they name.
+    replaced = {(v.order.placer_number, v.order.placer_namespace) for v in to_judge if v.order.control in ("XO", "RP")}
+    course = [
+        h for h in history
+        if not (h.sender == order_set.sender and (h.placer_number, h.placer_namespace) in replaced)
+    ]
+
+    go_doses = sorted(
+        (v for v in to_judge if v.protocol_order),
+        key=lambda v: (v.order.timing.start is None, v.order.timing.start or datetime.min, v.order.index),
+    )
+    accepted_now: list[HistoryEntry] = []
+    for verdict in go_doses:
+        order = verdict.order
+        if not patient_key:
+            verdict.findings.append(_at(error(
+                "go.patient",
+                "the message has no patient identifier (PID-3): the course history cannot be checked",
+                None,
+            ), verdict))
+        ctx = DoseContext(
+            order_set=order_set,
+            dose=order,
+            protocol=protocol,
+            history=course + accepted_now,
+            observations=observations,
+            tz=tz,
+            received_at=received_at,
+            age_years=age_in_years(order_set.patient.birth_date, order.timing.start, tz),
+        )
+        for rule in DOSE_RULES:
+            for found in rule.check(ctx):
+                verdict.findings.append(_at(found, verdict))
+        verdict.computed = ctx.computed
+        if any(f.severity == "error" for f in verdict.findings):
+            verdict.control = "UA"
+        else:
+            accepted_now.append(_history_entry(order, order_set, protocol, protocol_order=True))
+
+    # Premedications prepare one GO dose; refusing the dose refuses them too.
+    refused_doses = {v.order.index for v in go_doses if v.control == "UA"}
+    belongs = belonging_premedications(order_set, [v.order for v in go_doses], protocol)
+    for verdict in to_judge:
+        if verdict.protocol_order:
+            continue
+        dose_index = belongs.get(verdict.order.index)
+        if dose_index is not None and dose_index in refused_doses:
+            verdict.control = "UA"
+            verdict.findings.append(_at(error(
+                "go.orderset",
+                f"refused because the GO order it prepares for ({_placer(order_set.orders[dose_index])}) was refused",
+                verdict.order.orc_location,
+            ), verdict))
+        else:
+            verdict.findings.append(_at(info(
+                "go.scope",
+                f"{verdict.order.drug_label() or 'order'} is not a GO order: accepted without protocol checks",
+                verdict.order.drug_location,
+            ), verdict))
+    # An accepted replacement (XO/RP) takes its predecessor out of the course history.
+    for verdict in to_judge:
+        key = (verdict.order.placer_number, verdict.order.placer_namespace)
+        if verdict.order.control in ("XO", "RP") and verdict.control == "OK" and patient_key and any(
+            h.sender == order_set.sender and (h.placer_number, h.placer_namespace) == key for h in history
+        ):
+            cancellations.append(Cancellation(
+                patient_key=patient_key, sender=order_set.sender, placer_number=key[0], placer_namespace=key[1],
+                control=verdict.order.control, leaves_history=True,
+                requested_at=order_set.message_time or received_at,
+            ))
+    new_orders = list(accepted_now)
+    if patient_key:
+        new_orders += [
+            _history_entry(v.order, order_set, protocol, protocol_order=False)
+            for v in to_judge if not v.protocol_order and v.control == "OK"
+        ]
+    else:
+        new_orders = []
+    return Judgement(
+        order_set=order_set,
+        protocol_id=protocol.id,
+        protocol_version=protocol.version,
+        orders=verdicts,
+        message_findings=message_findings,
+        new_orders=new_orders,
+        cancellations=cancellations,
+    )
+
+
+def _at(found: Finding, verdict: OrderVerdict) -> Finding:
+    return found.model_copy(update={"order_index": verdict.order.index})
+
+
+def _placer(order: Order) -> str:
+    return order.placer_number or f"order {order.index + 1}"
+
+
+def _history_entry(order: Order, order_set: OrderSet, protocol: Protocol, *, protocol_order: bool) -> HistoryEntry:
+    return HistoryEntry(
+        patient_key=order_set.patient.key,
+        sender=order_set.sender,
+        placer_number=order.placer_number,
+        placer_namespace=order.placer_namespace,
+        control_id=order_set.control_id,
+        drug=order.drug,
+        protocol_order=protocol_order,
+        protocol_id=protocol.id if protocol_order else "",
+        start=order.timing.start,
+        amount=order.amount,
+        amount_units=order.amount_units.code or order.amount_units.text,
+        route=(order.route.code or order.route.text) if order.route else "",
+        as_needed=order.timing.as_needed,
+    )
+
+
+def _cancel(
+    verdict: OrderVerdict, order_set: OrderSet, history: list[HistoryEntry], received_at: datetime
+) -> Cancellation | None:
+    """CA/DC: matched on patient, sender and ORC-2 of an accepted order (go-protocol.md, Cancellations)."""
+    order = verdict.order
+    done, unable = CANCEL_CONTROLS[order.control]
+    match = next(
+        (
+            h for h in history
+            if h.sender == order_set.sender
+            and h.placer_number == order.placer_number
+            and h.placer_namespace == order.placer_namespace
+            and order.placer_number
+        ),
+        None,
+    )
+    if match is None or not order_set.patient.key:
+        verdict.control = unable
+        verdict.findings.append(_at(error(
+            "go.cancel",
+            f"cannot {'cancel' if order.control == 'CA' else 'discontinue'} order {order.placer_key.rstrip('^') or '(no ORC-2)'}: "
+            "no accepted order with this placer number from this sender for this patient",
+            order.orc_location.model_copy(update={"field": 2}) if order.orc_location else None,
+        ), verdict))
+        return None
+    verdict.control = done
+    requested_at = order_set.message_time or received_at
+    started = match.start is not None and match.start <= requested_at
+    if match.protocol_order and started:
+        verdict.findings.append(_at(info(
+            "go.cancel",
+            f"GO dose {match.placer_number} started {match.start:%Y-%m-%d %H:%M} before this request: "
+            "it stays in the course history (a partly given dose counts)",
+            order.orc_location,
+        ), verdict))
+    return Cancellation(
+        patient_key=order_set.patient.key,
+        sender=order_set.sender,
+        placer_number=order.placer_number,
+        placer_namespace=order.placer_namespace,
+        control=order.control,
+        leaves_history=not (match.protocol_order and started),
+        requested_at=requested_at,
+    )

@@ -1,0 +1,85 @@
+"""`rxgate check`: validate HL7 files locally (contract.md §1)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import tzinfo
+from pathlib import Path
+from typing import TextIO
+
+from validator import InMemoryStore, Outcome, Protocol, Store, process_text
+from validator.er7 import decode
+
+
+class UsageError(Exception):
+    """Exit 2: a bad option or an unreadable input, before anything is processed."""
+
+
+def read_inputs(paths: list[str], stdin: TextIO | None = None) -> list[tuple[str, str]]:
+    """(name, text) for every PATH, all read before the first message is processed."""
+    inputs: list[tuple[str, str]] = []
+    for name in paths:
+        if name == "-":
+            data = (stdin or sys.stdin).buffer.read()
+        else:
+            path = Path(name)
+            if path.is_dir():
+                raise UsageError(f"{name}: is a directory, not a file of HL7 messages")
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise UsageError(f"{name}: no such file") from None
+            except OSError as exc:
+                raise UsageError(f"{name}: cannot be read ({exc.strerror})") from None
+        text = decode(data)
+        if not text.strip(" \t\r\n\x0b\x1c\ufeff\x00"):
+            raise UsageError(f"{name}: holds no HL7 message (empty or only whitespace)")
+        inputs.append((name, text))
+    return inputs
+
+
+def run_check(
+    inputs: list[tuple[str, str]], store: Store, protocol: Protocol, tz: tzinfo, fmt: str, out: TextIO
+) -> int:
+    worst = 0
+    for _name, text in inputs:
+        for outcome in process_text(text, store, protocol, tz=tz):
+            write_outcome(outcome, fmt, out)
+            if outcome.ack_code != "AA":
+                worst = 1
+    out.flush()
+    return worst
+
+
+def write_outcome(outcome: Outcome, fmt: str, out: TextIO) -> None:
+    if fmt == "json":
+        out.write(json.dumps(outcome.result, ensure_ascii=False) + "\n")
+    elif fmt == "hl7":
+        out.write(outcome.response + "\n")
+    else:
+        out.write(human_verdict(outcome.result) + "\n")
+
+
+def human_verdict(result: dict) -> str:
+    """A short verdict a pharmacist can read: control id, patient, each order's outcome and reasons."""
+    ack_words = {"AA": "accepted", "AE": "refused in part", "AR": "rejected"}
+    lines = [
+        f"{result.get('control_id') or '(no control id)'}  {result.get('message_type') or '?'}  "
+        f"{result['ack_code']} ({ack_words.get(result['ack_code'], '')})"
+        + (f"  patient {result['patient_id']}" if result.get("patient_id") else "")
+    ]
+    for order in result["orders"]:
+        tag = "GO" if order["protocol_order"] else "  "
+        lines.append(f"  {tag} {order['order_control']:<2} {order['placer_order_number'] or '-':<12} {order['drug']}")
+        for f in order["findings"]:
+            if f["severity"] != "info":
+                lines.append(f"       {f['severity']:<7} {f['rule']:<22} {f['location'] or '':<7} {f['message']}")
+    if not result["orders"]:
+        for f in result["findings"]:
+            lines.append(f"       {f['severity']:<7} {f['rule']:<22} {f['message']}")
+    return "\n".join(lines)
+
+
+def memory_store() -> Store:
+    return InMemoryStore()

@@ -1,0 +1,167 @@
+"""Build GO order-set messages for tests: the shared accepted example, with overrides.
+
+`adult_order_set()` reproduces ../shared/samples/go/adult-day1-accept.hl7 (165 cm, 62 kg,
+BSA 1.686 m2, GO 15.2 mg at 2026-12-01 10:00 over 240 min, acetaminophen 650 mg PO and
+diphenhydramine 50 mg IV at 09:00, methylprednisolone 62 mg IV at 09:40, WBC 8.4, CD33 72 %).
+Every segment helper returns one segment line; `message(...)` joins them with \\r.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from validator import InMemoryStore, load_protocol, process_text
+from validator.er7 import split_messages
+from validator.reader import read_order_set
+from validator.verdict import judge
+
+UTC = ZoneInfo("UTC")
+GO_START = "20261201100000"
+
+
+def msh(control_id: str = "T0001", *, version: str = "2.5.1", message_type: str = "RDE^O11^RDE_O11",
+        time: str = "20261201083000", sender: tuple[str, str] = ("PHARMSYS", "GENHOSP")) -> str:
+    return f"MSH|^~\\&|{sender[0]}|{sender[1]}|RXGATE|GENHOSP|{time}||{message_type}|{control_id}|P|{version}"
+
+
+def pid(mrn: str = "MRN55501", dob: str = "19660412", sex: str = "F") -> str:
+    return f"PID|1||{mrn}^^^GENHOSP^MR||DOE^JANE^A||{dob}|{sex}"
+
+
+def pv1() -> str:
+    return "PV1|1|I|ONC^4B^12"
+
+
+def orc(placer: str, *, control: str = "NW", group: str = "GRP501", namespace: str = "") -> str:
+    placer_field = f"{placer}^{namespace}" if namespace else placer
+    return f"ORC|{control}|{placer_field}||{group}|||||20261201083000"
+
+
+def rxe(drug: str, amount: str, units: str = "mg^milligram^UCUM", *, amount_max: str = "",
+        rate: str = "", rate_units: str = "") -> str:
+    fields = ["RXE", "", drug, amount, amount_max, units]
+    if rate or rate_units:
+        fields += [""] * 17 + [rate, rate_units]
+    return "|".join(fields)
+
+
+def tq1(start: str, end: str = "", duration: str = "", *, priority: str = "", condition: str = "") -> str:
+    return f"TQ1|1|||||{duration}|{start}|{end}|{priority}|{condition}"
+
+
+def rxr(route: str = "IV^Intravenous^HL70162") -> str:
+    return f"RXR|{route}"
+
+
+def obx(set_id: int, code: str, value: str, units: str = "", *, time: str = "20261130060000",
+        status: str = "F", value_type: str = "NM", ref_range: str = "", flags: str = "") -> str:
+    return f"OBX|{set_id}|{value_type}|{code}||{value}|{units}|{ref_range}|{flags}|||{status}|||{time}"
+
+
+HEIGHT = "8302-2^Body height^LN"
+WEIGHT = "29463-7^Body weight^LN"
+BSA = "8277-6^Body surface area^LN"
+WBC = "6690-2^Leukocytes [#/volume] in Blood by Automated count^LN"
+CD33 = "CD33BL^CD33 positive blasts (flow cytometry)^L"
+BILI = "1975-2^Bilirubin.total [Mass/volume] in Serum or Plasma^LN"
+AST = "1920-8^Aspartate aminotransferase [Enzymatic activity/volume] in Serum or Plasma^LN"
+ALT = "1742-6^Alanine aminotransferase [Enzymatic activity/volume] in Serum or Plasma^LN"
+GO_DRUG = "1294580^gemtuzumab ozogamicin^RXNORM"
+ACETAMINOPHEN = "161^acetaminophen^RXNORM"
+DIPHENHYDRAMINE = "3498^diphenhydramine^RXNORM"
+METHYLPRED = "6902^methylprednisolone^RXNORM"
+HYDROXYUREA = "5552^hydroxyurea^RXNORM"
+
+
+def standard_observations(*, height: str = "165", weight: str = "62", wbc: str = "8.4", cd33: str = "72",
+                          body_time: str = "20261130090000", lab_time: str = "20261130060000",
+                          cd33_time: str = "20261115120000") -> list[str]:
+    return [
+        obx(1, HEIGHT, height, "cm^centimeter^UCUM", time=body_time),
+        obx(2, WEIGHT, weight, "kg^kilogram^UCUM", time=body_time),
+        obx(3, WBC, wbc, "10*9/L^10*9/L^UCUM", time=lab_time, ref_range="4.0-11.0", flags="N"),
+        obx(4, CD33, cd33, "%^percent^UCUM", time=cd33_time),
+        obx(5, BILI, "0.8", "mg/dL^mg/dL^UCUM", time=lab_time, ref_range="0.2-1.2", flags="N"),
+        obx(6, AST, "28", "U/L^U/L^UCUM", time=lab_time, ref_range="10-40", flags="N"),
+        obx(7, ALT, "31", "U/L^U/L^UCUM", time=lab_time, ref_range="7-56", flags="N"),
+    ]
+
+
+def go_order(placer: str = "ORD1001", *, dose: str = "15.2", units: str = "mg^milligram^UCUM",
+             start: str = GO_START, end: str = "20261201140000", duration: str = "240^min",
+             route: str | None = "IV^Intravenous^HL70162", drug: str = GO_DRUG, control: str = "NW",
+             observations: list[str] | None = None, amount_max: str = "", rate: str = "", rate_units: str = "",
+             extra: list[str] | None = None) -> list[str]:
+    segs = [orc(placer, control=control), rxe(drug, dose, units, amount_max=amount_max, rate=rate, rate_units=rate_units),
+            tq1(start, end, duration)]
+    if route is not None:
+        segs.append(rxr(route))
+    segs += extra or []
+    segs += standard_observations() if observations is None else observations
+    return segs
+
+
+def premed_order(placer: str, drug: str, dose: str, *, route: str = "PO^Oral^HL70162",
+                 start: str = "20261201090000", units: str = "mg^milligram^UCUM", priority: str = "",
+                 condition: str = "", control: str = "NW") -> list[str]:
+    return [orc(placer, control=control), rxe(drug, dose, units), tq1(start, priority=priority, condition=condition),
+            rxr(route)]
+
+
+def standard_premeds(*, acetaminophen: str = "650", diphenhydramine: str = "50", methylprednisolone: str = "62",
+                     first_start: str = "20261201090000", steroid_start: str = "20261201094000",
+                     placers: tuple[str, str, str] = ("ORD1002", "ORD1003", "ORD1004")) -> list[str]:
+    return (
+        premed_order(placers[0], ACETAMINOPHEN, acetaminophen, route="PO^Oral^HL70162", start=first_start)
+        + premed_order(placers[1], DIPHENHYDRAMINE, diphenhydramine, route="IV^Intravenous^HL70162", start=first_start)
+        + premed_order(placers[2], METHYLPRED, methylprednisolone, route="IV^Intravenous^HL70162", start=steroid_start)
+    )
+
+
+def message(*segments: str | list[str]) -> str:
+    lines: list[str] = []
+    for s in segments:
+        lines.extend([s] if isinstance(s, str) else s)
+    return "\r".join(lines) + "\r"
+
+
+def adult_order_set(control_id: str = "T0001", *, dob: str = "19660412", mrn: str = "MRN55501",
+                    go: list[str] | None = None, premeds: list[str] | None = None,
+                    extra_orders: list[str] | None = None, time: str = "20261201083000",
+                    version: str = "2.5.1") -> str:
+    """The shared accepted adult example; pass `go=go_order(...)` or `premeds=[...]` to vary it."""
+    return message(
+        msh(control_id, time=time, version=version), pid(mrn, dob), pv1(),
+        go if go is not None else go_order(),
+        premeds if premeds is not None else standard_premeds(),
+        extra_orders or [],
+    )
+
+
+def judge_text(text: str, history=None, protocol=None, tz=UTC, received_at: datetime | None = None):
+    """Read and judge one message without storing anything: returns the Judgement."""
+    protocol = protocol or load_protocol()
+    raw = split_messages(text).messages[0]
+    order_set = read_order_set(raw, tz)
+    return judge(order_set, history or [], protocol, tz=tz,
+                 received_at=received_at or datetime(2026, 12, 1, 8, 30, tzinfo=tz))
+
+
+def run(text: str, store: InMemoryStore | None = None, protocol=None, tz=UTC):
+    """Process through the service (dedupe, history, response) and return the first outcome."""
+    store = store if store is not None else InMemoryStore()
+    return process_text(text, store, protocol or load_protocol(), tz=tz,
+                        received_at=datetime(2026, 12, 1, 8, 30, tzinfo=tz))[0]
+
+
+def rules_of(verdict_or_result, severity: str = "error") -> set[str]:
+    """Rule ids of a verdict's (or a JSON order's) findings of one severity."""
+    findings = verdict_or_result.findings if hasattr(verdict_or_result, "findings") else verdict_or_result["findings"]
+    out = set()
+    for f in findings:
+        sev = f.severity if hasattr(f, "severity") else f["severity"]
+        rule = f.rule if hasattr(f, "rule") else f["rule"]
+        if sev == severity:
+            out.add(rule)
+    return out

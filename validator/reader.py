@@ -49,7 +49,7 @@ def read_header(raw: RawMessage, tz: tzinfo) -> OrderSet:
     if msh is None or msh.name != "MSH":
         raise MessageRejected("hl7.structure", "100", "the message does not start with an MSH segment")
     return OrderSet(
-        control_id=msh.component(10),
+        control_id=unescape(msh.field(10), msh.enc).strip(),  # ST: read whole, never split on & or ^
         message_type=msh.field(9),
         message_code=msh.component(9, 1).upper(),
         trigger_event=msh.component(9, 2).upper(),

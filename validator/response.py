@@ -126,7 +126,9 @@ def build_response(judgement: Judgement, now: datetime, processing: str = "P") -
         lines.append(order_set.pid_line)
     for verdict in judgement.orders:
         order = verdict.order
-        orc = order.orc_line.split("|") if order.orc_line else ["ORC", ""]
+        orc = order.orc_line.split("|") if order.orc_line else ["ORC"]
+        if len(orc) < 2:
+            orc.append("")
         orc[1] = verdict.control
         lines.append("|".join(orc))
         lines.extend(order.echo_lines)

@@ -25,6 +25,7 @@ from .response import build_rejection, build_response
 from .verdict import Judgement, judge
 
 log = logging.getLogger("rxgate")
+INTERNAL_ERROR_RULE = "rxgate.internal_error"
 
 
 @dataclass
@@ -104,8 +105,17 @@ def process_message(
         _log(outcome, started)
         return outcome
     history = store.orders_for(order_set.patient.key) if order_set.patient.key else []
-    judgement = judge(order_set, history, protocol, tz=tz, received_at=received_at)
-    response = build_response(judgement, datetime.now(tz))
+    try:
+        judgement = judge(order_set, history, protocol, tz=tz, received_at=received_at)
+        response = build_response(judgement, datetime.now(tz))
+    except Exception:  # a bug must still give an answer, never a silent loss or a traceback
+        log.exception("internal error judging control_id=%s; answered AR %s", header.control_id, INTERNAL_ERROR_RULE)
+        message = "not processed: internal error in the validator (logged); resend after it is fixed"
+        response = build_rejection(header, INTERNAL_ERROR_RULE, "207", message, None, datetime.now(tz))
+        result = _rejected_result(header, INTERNAL_ERROR_RULE, message, None, response)
+        outcome = _save(None, result, header, text, "", {}, [], [], store, protocol, tz, received_at)
+        _log(outcome, started)
+        return outcome
     result = judgement_result(judgement, response)
     computed = {str(v.order.placer_number or v.order.index): v.computed for v in judgement.orders if v.computed}
     outcome = _save(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal, localcontext
+from decimal import Decimal, InvalidOperation, localcontext
 
 from .findings import Finding, warning
 from .model import Observation, OrderSet
@@ -111,5 +111,13 @@ def mosteller_m2(height: Decimal, weight: Decimal) -> Decimal:
 
 
 def percent_off(value: Decimal, expected: Decimal) -> Decimal:
-    """Signed deviation in percent, quantised to 1e-6 (go-protocol.md, Arithmetic)."""
-    return ((value - expected) / expected * 100).quantize(Decimal("0.000001"))
+    """Signed deviation in percent, quantised to 1e-6 (go-protocol.md, Arithmetic).
+
+    An absurd value (an 80-digit dose) cannot be quantised within the context's
+    precision; its unquantised deviation is still far outside any tolerance.
+    """
+    deviation = (value - expected) / expected * 100
+    try:
+        return deviation.quantize(Decimal("0.000001"))
+    except InvalidOperation:
+        return deviation

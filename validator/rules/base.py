@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..findings import Finding
 from ..history import HistoryEntry

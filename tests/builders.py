@@ -165,3 +165,71 @@ def rules_of(verdict_or_result, severity: str = "error") -> set[str]:
         if sev == severity:
             out.add(rule)
     return out
+
+
+def go_dose_message(control_id: str, day: str, *, placer: str = "ORD1001", control: str = "NW",
+                    start_time: str = "100000", mrn: str = "MRN55501", dob: str = "19660412",
+                    premed_placers: tuple[str, str, str] | None = None, message_time: str = "083000") -> str:
+    """The accepted adult example moved to the date `day` (YYYYMMDD): GO at `start_time`, 240 min,
+    premeds 60 and 20 minutes before, body measures and labs the day before (inside 72 h), CD33
+    on 2026-11-15, MSH-7 that morning. For multi-message course tests (day 1, day 14, ...)."""
+    start = datetime.strptime(day + start_time, "%Y%m%d%H%M%S")
+    stamp = "%Y%m%d%H%M%S"
+    from datetime import timedelta
+    before = (start - timedelta(days=1)).strftime("%Y%m%d")
+    observations = standard_observations(body_time=before + "090000", lab_time=before + "060000")
+    premeds = standard_premeds(
+        first_start=(start - timedelta(minutes=60)).strftime(stamp),
+        steroid_start=(start - timedelta(minutes=20)).strftime(stamp),
+        placers=premed_placers or (f"{placer}-A", f"{placer}-D", f"{placer}-M"),
+    )
+    go = go_order(placer, control=control, start=start.strftime(stamp),
+                  end=(start + timedelta(minutes=240)).strftime(stamp), observations=observations)
+    return adult_order_set(control_id, dob=dob, mrn=mrn, go=go, premeds=premeds, time=day + message_time)
+
+
+def cancel_message(control_id: str, placer: str, *, control: str = "CA", time: str = "20261201083000",
+                   mrn: str = "MRN55501", start: str = GO_START) -> str:
+    """A CA/DC request for the GO order `placer` (ORC-1 `control`, same sender, ORC-2 `placer`)."""
+    return message(
+        msh(control_id, time=time), pid(mrn), pv1(),
+        [orc(placer, control=control), rxe(GO_DRUG, "15.2"), tq1(start, duration="240^min"), rxr()],
+    )
+
+
+def observations_with(*, replace: dict[int, str] | None = None, drop: tuple[int, ...] = (),
+                      add: list[str] | None = None, **standard: str) -> list[str]:
+    """`standard_observations(**standard)` with OBX set ids replaced (set id -> segment) or dropped, plus `add`.
+
+    Set ids of the standard list: 1 height, 2 weight, 3 WBC, 4 CD33, 5 bilirubin, 6 AST, 7 ALT.
+    """
+    replace = replace or {}
+    out = []
+    for set_id, segment in enumerate(standard_observations(**standard), start=1):
+        if set_id in drop:
+            continue
+        out.append(replace.get(set_id, segment))
+    return out + (add or [])
+
+
+def judge_labs(observations: list[str], *, extra_orders: list[str] | None = None, history=None, protocol=None):
+    """Judge the default adult message with the GO order's OBX replaced by `observations`."""
+    return judge_text(adult_order_set(go=go_order(observations=observations), extra_orders=extra_orders),
+                      history=history, protocol=protocol)
+
+
+def dose_context(text: str, *, history=None, protocol=None, dose_index: int = 0, tz=UTC,
+                 received_at: datetime | None = None):
+    """The DoseContext a rule sees for order `dose_index` of `text` (to call one rule's `check` directly)."""
+    from validator.observations import usable_observations
+    from validator.rules.base import DoseContext
+    from validator.rules.eligibility import age_in_years
+
+    protocol = protocol or load_protocol()
+    received_at = received_at or datetime(2026, 12, 1, 8, 30, tzinfo=tz)
+    order_set = read_order_set(split_messages(text).messages[0], tz)
+    observations, _ = usable_observations(order_set, protocol, received_at)
+    dose = order_set.orders[dose_index]
+    return DoseContext(order_set=order_set, dose=dose, protocol=protocol, history=list(history or []),
+                       observations=observations, tz=tz, received_at=received_at,
+                       age_years=age_in_years(order_set.patient.birth_date, dose.timing.start, tz))

@@ -88,11 +88,20 @@ def judge(
         else:
             to_judge.append(verdict)
 
-    # Replacements (XO/RP) take the place of the accepted order they name.
+    # Replacements (XO/RP) take the place of the accepted order they name, and this message's
+    # cancellations of not-yet-started doses apply before its new orders are judged (a message
+    # may cancel a day-1 dose and order its new day 1 together).
+    # A GO dose that has already started stays counted whatever replaces it (a partly given dose counts).
+    requested_at = order_set.message_time or received_at
     replaced = {(v.order.placer_number, v.order.placer_namespace) for v in to_judge if v.order.control in ("XO", "RP")}
+    replaced |= {(c.placer_number, c.placer_namespace) for c in cancellations if c.leaves_history}
     course = [
         h for h in history
-        if not (h.sender == order_set.sender and (h.placer_number, h.placer_namespace) in replaced)
+        if not (
+            h.sender == order_set.sender
+            and (h.placer_number, h.placer_namespace) in replaced
+            and not _started(h, requested_at)
+        )
     ]
 
     go_doses = sorted(
@@ -151,7 +160,8 @@ def judge(
     for verdict in to_judge:
         key = (verdict.order.placer_number, verdict.order.placer_namespace)
         if verdict.order.control in ("XO", "RP") and verdict.control == "OK" and patient_key and any(
-            h.sender == order_set.sender and (h.placer_number, h.placer_namespace) == key for h in history
+            h.sender == order_set.sender and (h.placer_number, h.placer_namespace) == key
+            and not _started(h, requested_at) for h in history
         ):
             cancellations.append(Cancellation(
                 patient_key=patient_key, sender=order_set.sender, placer_number=key[0], placer_namespace=key[1],
@@ -175,6 +185,11 @@ def judge(
         new_orders=new_orders,
         cancellations=cancellations,
     )
+
+
+def _started(entry: HistoryEntry, at: datetime) -> bool:
+    """A GO dose whose planned start is at or before `at` has started (go-protocol.md, Cancellations)."""
+    return entry.protocol_order and entry.start is not None and entry.start <= at
 
 
 def _at(found: Finding, verdict: OrderVerdict) -> Finding:
@@ -230,8 +245,8 @@ def _cancel(
         return None
     verdict.control = done
     requested_at = order_set.message_time or received_at
-    started = match.start is not None and match.start <= requested_at
-    if match.protocol_order and started:
+    started = _started(match, requested_at)
+    if started:
         verdict.findings.append(_at(info(
             "go.cancel",
             f"GO dose {match.placer_number} started {match.start:%Y-%m-%d %H:%M} before this request: "
@@ -244,6 +259,6 @@ def _cancel(
         placer_number=order.placer_number,
         placer_namespace=order.placer_namespace,
         control=order.control,
-        leaves_history=not (match.protocol_order and started),
+        leaves_history=not started,
         requested_at=requested_at,
     )

@@ -44,7 +44,7 @@ def check(ctx: DoseContext) -> list[Finding]:
         return []  # go.schedule reports the missing start
     ctx.computed["age_years"] = ctx.age_years
     if ctx.age_years is not None and ctx.age_years < params.min_age_years:
-        return [finding(RULE_ID, params.severity, f"patient is {ctx.age_years} years old on {ctx.start_date}; "
+        return [finding(RULE_ID, params.severity, f"patient is {ctx.age_years} {'year' if ctx.age_years == 1 else 'years'} old on {ctx.start_date}; "
                         f"the protocol requires at least {params.min_age_years} years", where,
                         age_years=ctx.age_years)]
     return []

@@ -124,6 +124,9 @@ class Premedications(_Strict):
     dose_tolerance_percent: Decimal
     belongs_within_hours: Decimal  # a premed drug starting this close to a GO start belongs to it
     required: list[Premedication]
+    # RXR-1 text (case-insensitive, contained) read as a route code, for senders that send
+    # "oral" / "intravenous" without a table 0162 code.
+    route_text: dict[str, str] = {}
     severity: Severity = "error"
 
 

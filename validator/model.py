@@ -5,10 +5,13 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Model(BaseModel):
+    """Model-typed defaults use `Field(default_factory=...)`: pydantic deep-copies an instance default
+    on every construction, which cost ~15 % of a full validation (BENCHMARKS.md)."""
+
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
 
@@ -44,7 +47,7 @@ class Quantity(_Model):
     """A number with its unit as sent; `comparator` keeps a bound such as `>` of SN `>^90`."""
 
     value: Decimal
-    unit: Coded = Coded()
+    unit: Coded = Field(default_factory=Coded)
     comparator: str = ""
 
 
@@ -52,10 +55,10 @@ class Observation(_Model):
     location: Location  # the OBX segment
     set_id: str = ""
     value_type: str = ""
-    code: Coded = Coded()
+    code: Coded = Field(default_factory=Coded)
     raw_value: str = ""
     quantity: Quantity | None = None  # numeric reading of OBX-5, when it has one
-    units: Coded = Coded()
+    units: Coded = Field(default_factory=Coded)
     reference_range: str = ""
     abnormal_flags: str = ""
     status: str = ""
@@ -93,20 +96,22 @@ class Order(_Model):
     placer_namespace: str = ""  # ORC-2.2
     filler_number: str = ""  # ORC-3.1
     placer_group: str = ""  # ORC-4.1
-    drug: Coded = Coded()  # RXE-2, else RXO-1
+    drug: Coded = Field(default_factory=Coded)  # RXE-2, else RXO-1
     drug_location: Location | None = None
     amount: Decimal | None = None  # RXE-3, else RXO-2
     amount_raw: str = ""
     amount_max: Decimal | None = None  # RXE-4 (RXO-3)
-    amount_units: Coded = Coded()  # RXE-5, else RXO-4
+    amount_units: Coded = Field(default_factory=Coded)  # RXE-5, else RXO-4
     amount_location: Location | None = None
     route: Coded | None = None  # RXR-1
     route_location: Location | None = None
-    timing: Timing = Timing()
+    timing: Timing = Field(default_factory=Timing)
     rate_amount: Decimal | None = None  # RXE-23
-    rate_units: Coded = Coded()  # RXE-24
+    rate_units: Coded = Field(default_factory=Coded)  # RXE-24
     rate_location: Location | None = None
     components: list[Quantity] = []  # RXC-3/4 amounts (volume for the rate)
+    indication: Coded = Coded()  # RXE-27 give indication (may name the protocol)
+    notes: list[str] = []  # NTE-3 texts in the order group
     orc_location: Location | None = None
     # Raw segment lines echoed in the response (ORC, RXE or RXO, RXR).
     echo_lines: list[str] = []
@@ -146,7 +151,7 @@ class OrderSet(_Model):
     receiving_application: str = ""
     receiving_facility: str = ""
     message_time: datetime | None = None  # MSH-7
-    patient: Patient = Patient()
+    patient: Patient = Field(default_factory=Patient)
     pid_line: str = ""
     orders: list[Order] = []
     observations: list[Observation] = []

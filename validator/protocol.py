@@ -196,6 +196,8 @@ class Protocol(_Strict):
     title: str
     status: str = "site protocol"
     sources: list[str] = []
+    # Codes that name this protocol in an order (see ProtocolSet); the id always counts.
+    order_codes: list[str] = []
     drug: DrugMatch
     code_systems: CodeSystems
     eligibility: Eligibility
@@ -254,3 +256,71 @@ def parse_protocol(data: bytes, name: str = "<protocol>") -> Protocol:
         )
         raise ProtocolError(f"protocol file {name}: {problems}") from exc
     return protocol.model_copy(update={"version": hashlib.sha256(data).hexdigest()})
+
+
+SELECTOR_FIELDS = ("RXE-27", "ORC-4", "NTE")
+NTE_TAG = "protocol:"
+
+
+class ProtocolSet:
+    """The protocols a service knows, and which one judges each GO order.
+
+    An order names its protocol explicitly in the configured field — `RXE-27` (give
+    indication, its identifier or text), `ORC-4` (placer group number starting with the
+    code) or `NTE` (a note `protocol: <code>` in the order group) — by a protocol's id or
+    one of its `order_codes`; an order that names none gets the default. An order that
+    names an unknown code gets no protocol (None): it is refused rather than judged
+    against a regimen it did not ask for.
+    """
+
+    def __init__(self, default: Protocol, others: list[Protocol] | None = None, field: str = "RXE-27"):
+        if field not in SELECTOR_FIELDS:
+            raise ProtocolError(f"protocol selector field {field!r} is not one of {', '.join(SELECTOR_FIELDS)}")
+        self.default = default
+        self.field = field
+        self.by_code: dict[str, Protocol] = {}
+        for protocol in [*(others or []), default]:
+            for code in [protocol.id, *protocol.order_codes]:
+                self.by_code[code.strip().upper()] = protocol
+
+    @property
+    def id(self) -> str:
+        return self.default.id
+
+    @property
+    def version(self) -> str:
+        return self.default.version
+
+    @property
+    def protocols(self) -> list[Protocol]:
+        return list({p.id: p for p in [self.default, *self.by_code.values()]}.values())
+
+    def requested_code(self, order) -> str:
+        """The protocol code the order names in the configured field ('' when it names none)."""
+        if self.field == "RXE-27":
+            for candidate in (order.indication.code, order.indication.text):
+                if candidate.strip().upper() in self.by_code:
+                    return candidate.strip()
+            code = order.indication.code.strip()
+            # An indication that is not a protocol code (an ICD-10 code, say) names no protocol.
+            return code if code.upper().startswith(("GO-", "GO_")) else ""
+        if self.field == "ORC-4":
+            group = order.placer_group.strip().upper()
+            return next((code for code in sorted(self.by_code, key=len, reverse=True) if group.startswith(code)), "")
+        for note in order.notes:
+            if note.strip().lower().startswith(NTE_TAG):
+                return note.strip()[len(NTE_TAG):].strip()
+        return ""
+
+    def for_order(self, order) -> Protocol | None:
+        code = self.requested_code(order)
+        if not code:
+            return self.default
+        return self.by_code.get(code.upper())
+
+
+def load_protocol_set(default_ref: str | Path | None = None, field: str = "RXE-27") -> ProtocolSet:
+    """The configured default plus every bundled protocol."""
+    default = load_protocol(default_ref)
+    others = [load_protocol(pid) for pid in bundled_ids() if pid != default.id]
+    return ProtocolSet(default, others, field)

@@ -105,6 +105,8 @@ def read_order_set(raw: RawMessage, tz: tzinfo) -> OrderSet:
         elif name == "ORC":
             current = _OrderState(_new_order(len(states), seg), orc=seg)
             states.append(current)
+        elif name == "NTE" and current is not None:
+            current.order.notes.append(_leaf_text(seg, 3))
         elif name in ("RXE", "RXO", "RXR", "TQ1", "RXC", "OBR"):
             # An RXE/RXO without its own ORC (seen in older ORM traffic) starts an order of its own.
             if current is None or (name == "RXE" and current.rxe) or (name == "RXO" and current.rxo):
@@ -178,6 +180,7 @@ def _read_order_segment(state: _OrderState, seg: Segment, tz: tzinfo) -> None:
         order.amount_max = decimal_or_none(seg.component(4))
         order.amount_units = coded(seg, 5)
         order.amount_location = Location(segment="RXE", occurrence=seg.occurrence, field=3)
+        order.indication = coded(seg, 27)
         order.rate_amount = decimal_or_none(seg.component(23))
         order.rate_units = coded(seg, 24)
         if seg.field(23):

@@ -19,7 +19,7 @@ from .er7 import RawMessage, normalise, split_messages
 from .errors import MessageRejected
 from .history import KeyTaken, MessageKey, ProcessedMessage, Store
 from .model import Location, OrderSet
-from .protocol import Protocol
+from .protocol import Protocol, ProtocolSet
 from .reader import read_header, read_order_set
 from .response import build_rejection, build_response
 from .verdict import Judgement, judge
@@ -62,7 +62,7 @@ def message_key(header: OrderSet, text: str) -> MessageKey | None:
 
 
 def process_text(
-    text: str, store: Store, protocol: Protocol, *, tz: tzinfo, received_at: datetime | None = None
+    text: str, store: Store, protocol: Protocol | ProtocolSet, *, tz: tzinfo, received_at: datetime | None = None
 ) -> list[Outcome]:
     """Every message in a text (a file, a queue entry): one outcome each, in order."""
     split = split_messages(text)
@@ -80,7 +80,7 @@ def process_text(
 
 
 def process_message(
-    raw: RawMessage, store: Store, protocol: Protocol, *, tz: tzinfo, received_at: datetime | None = None
+    raw: RawMessage, store: Store, protocol: Protocol | ProtocolSet, *, tz: tzinfo, received_at: datetime | None = None
 ) -> Outcome:
     started = time.perf_counter()
     received_at = received_at or datetime.now(tz)
@@ -140,6 +140,8 @@ def judgement_result(judgement: Judgement, response: str) -> dict[str, Any]:
                 "protocol_order": v.protocol_order,
                 "order_control": v.control,
                 "findings": [f.to_json() for f in v.findings],
+                **({"protocol": {"id": v.computed["protocol_id"], "version": v.computed["protocol_version"]}}
+                   if "protocol_id" in v.computed else {}),
             }
             for v in judgement.orders
         ],
@@ -164,7 +166,7 @@ def _rejected_result(
 
 
 def _unparseable(
-    text: str, what: str, store: Store, protocol: Protocol, tz: tzinfo, received_at: datetime | None
+    text: str, what: str, store: Store, protocol: Protocol | ProtocolSet, tz: tzinfo, received_at: datetime | None
 ) -> Outcome:
     received_at = received_at or datetime.now(tz)
     response = build_rejection(None, "hl7.structure", "100", what, None, datetime.now(tz))
@@ -176,7 +178,7 @@ def _unparseable(
 
 def _answer_again(
     key: MessageKey, stored_sha: str, stored_result: dict[str, Any], header: OrderSet, text: str,
-    store: Store, protocol: Protocol, tz: tzinfo, received_at: datetime,
+    store: Store, protocol: Protocol | ProtocolSet, tz: tzinfo, received_at: datetime,
 ) -> Outcome:
     """A key seen before: the same content gets the stored answer; other content is a duplicate control id."""
     if stored_sha == key.content_sha256:
@@ -197,7 +199,7 @@ def _answer_again(
 
 def _save(
     key: MessageKey | None, result: dict[str, Any], header: OrderSet | None, text: str, patient_key: str,
-    computed: dict[str, Any], new_orders: list, cancellations: list, store: Store, protocol: Protocol,
+    computed: dict[str, Any], new_orders: list, cancellations: list, store: Store, protocol: Protocol | ProtocolSet,
     tz: tzinfo, received_at: datetime,
 ) -> Outcome:
     processed = ProcessedMessage(

@@ -12,7 +12,7 @@ from .findings import Finding, error, info
 from .history import Cancellation, HistoryEntry
 from .model import Order, OrderSet
 from .observations import usable_observations
-from .protocol import Protocol
+from .protocol import Protocol, ProtocolSet
 from .rules import DOSE_RULES
 from .rules.base import DoseContext
 from .rules.eligibility import age_in_years
@@ -57,12 +57,24 @@ class Judgement(BaseModel):
 
 
 def judge(
-    order_set: OrderSet, history: list[HistoryEntry], protocol: Protocol, *, tz: tzinfo, received_at: datetime
+    order_set: OrderSet,
+    history: list[HistoryEntry],
+    protocol: Protocol | ProtocolSet,
+    *,
+    tz: tzinfo,
+    received_at: datetime,
 ) -> Judgement:
-    """Decide every order of the message. Pure: the caller persists `new_orders` and `cancellations`."""
+    """Decide every order of the message. Pure: the caller persists `new_orders` and `cancellations`.
+
+    With a `ProtocolSet`, each GO order is judged under the protocol it names (else the default).
+    """
+    protocols = protocol if isinstance(protocol, ProtocolSet) else ProtocolSet(protocol)
+    protocol = protocols.default
     observations, message_findings = usable_observations(order_set, protocol, received_at)
     verdicts = [
-        OrderVerdict(order=o, protocol_order=is_protocol_drug(o.drug, protocol), control="OK")
+        OrderVerdict(
+            order=o, protocol_order=any(is_protocol_drug(o.drug, p) for p in protocols.protocols), control="OK"
+        )
         for o in order_set.orders
     ]
     patient_key = order_set.patient.key
@@ -117,10 +129,20 @@ def judge(
                 "the message has no patient identifier (PID-3): the course history cannot be checked",
                 None,
             ), verdict))
+        dose_protocol = protocols.for_order(order)
+        if dose_protocol is None:
+            verdict.control = "UA"
+            verdict.findings.append(_at(error(
+                "go.protocol",
+                f"the order names protocol {protocols.requested_code(order)!r} ({protocols.field}), which this "
+                f"service does not know (known: {', '.join(sorted(p.id for p in protocols.protocols))})",
+                None,
+            ), verdict))
+            continue
         ctx = DoseContext(
             order_set=order_set,
             dose=order,
-            protocol=protocol,
+            protocol=dose_protocol,
             history=course + accepted_now,
             observations=observations,
             tz=tz,
@@ -130,11 +152,11 @@ def judge(
         for rule in DOSE_RULES:
             for found in rule.check(ctx):
                 verdict.findings.append(_at(found, verdict))
-        verdict.computed = ctx.computed
+        verdict.computed = {"protocol_id": dose_protocol.id, "protocol_version": dose_protocol.version, **ctx.computed}
         if any(f.severity == "error" for f in verdict.findings):
             verdict.control = "UA"
         else:
-            accepted_now.append(_history_entry(order, order_set, protocol, protocol_order=True))
+            accepted_now.append(_history_entry(order, order_set, dose_protocol, protocol_order=True))
 
     # Premedications prepare one GO dose; refusing the dose refuses them too.
     refused_doses = {v.order.index for v in go_doses if v.control == "UA"}

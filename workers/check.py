@@ -8,7 +8,8 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import TextIO
 
-from validator import InMemoryStore, Outcome, Protocol, Store, process_text
+from validator import InMemoryStore, Outcome, Store, process_text
+from validator.protocol import ProtocolSet
 from validator.er7 import decode
 
 
@@ -40,7 +41,7 @@ def read_inputs(paths: list[str], stdin: TextIO | None = None) -> list[tuple[str
 
 
 def run_check(
-    inputs: list[tuple[str, str]], store: Store, protocol: Protocol, tz: tzinfo, fmt: str, out: TextIO
+    inputs: list[tuple[str, str]], store: Store, protocol: ProtocolSet, tz: tzinfo, fmt: str, out: TextIO
 ) -> int:
     worst = 0
     for _name, text in inputs:

@@ -7,7 +7,8 @@ import logging
 import sys
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from validator import ProtocolError, load_protocol
+from validator import ProtocolError
+from validator.protocol import load_protocol_set
 
 from .check import UsageError, read_inputs, run_check
 from .settings import Settings
@@ -46,7 +47,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     except (ZoneInfoNotFoundError, ValueError):
         raise UsageError(f"unknown time zone {tz_name!r}") from None
     try:
-        protocol = load_protocol(args.protocol or settings.protocol)
+        protocol = load_protocol_set(args.protocol or settings.protocol, settings.protocol_field)
     except ProtocolError as exc:
         raise UsageError(str(exc)) from None
     inputs = read_inputs(args.paths)

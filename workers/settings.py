@@ -16,13 +16,35 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RXGATE_", env_file=".env", extra="ignore")
 
     timezone: str = "UTC"  # the zone of timestamps sent without an offset; set it to the hospital's
-    protocol: str = "go-rr-9mg-d1-d14"  # bundled protocol id or file path
+    protocol: str = "go-rr-9mg-d1-d14"  # bundled protocol id or file path: the default protocol
+    protocol_field: str = "RXE-27"  # where an order may name its protocol: RXE-27, ORC-4 (prefix) or NTE
     database_url: str = "sqlite:///var/rxgate.db"
     broker_url: str = ""  # empty: redis://127.0.0.1:6379/0, else an embedded Redis under ./var/
     embedded: bool = False  # force the embedded Redis
     var_dir: str = "var"
     audit_token_sha256: str = ""
     log_level: str = "INFO"
+    # --- queue service (workers/celery_app.py, workers/bridge.py); seconds unless named otherwise ---
+    visibility_timeout: float = 3600  # Redis redelivers an unacked Celery task after this; > longest task + retry budget
+    unacked_restore_interval: int = 10  # kombu: seconds between sweeps for unacked messages past the visibility timeout
+    unacked_restore_throttle: int = 10  # kombu: only every Nth sweep scans Redis (period = interval x throttle)
+    prefetch_multiplier: int = 1  # tasks reserved per worker process (1-4); 1 keeps a kill -9 from stranding many
+    worker_concurrency: int = 0  # Celery worker processes; 0 = number of CPUs
+    result_expires: float = 86400  # Celery results kept in Redis this long
+    retry_budget: float = 360  # transient faults (database/broker down) are retried this long before giving up
+    retry_initial_delay: float = 1.0  # first backoff delay, doubled per attempt
+    retry_max_delay: float = 60.0  # backoff cap (kept far below visibility_timeout: Redis ETAs, celery #2481)
+    error_retries: int = 2  # attempts after a non-transient exception (a bug) before dead-lettering
+    stream_prefix: str = "rxgate"  # streams <prefix>:inbound / :outbound / :deadletter
+    stream_group: str = "rxgate"  # consumer group on <prefix>:inbound
+    consumer_name: str = ""  # empty: <hostname>-<pid>
+    stream_batch: int = 100  # entries per XREADGROUP
+    stream_block_ms: int = 1000  # XREADGROUP block time
+    claim_idle: float = 60.0  # XAUTOCLAIM entries another consumer left pending this long
+    outbound_maxlen: int = 1_000_000  # MAXLEN ~ on rxgate:outbound (inbound and deadletter are never trimmed)
+    submit_timeout: float = 30.0  # `rxgate submit`: seconds to wait for each response
+    audit_api_port: int = 8080  # `rxgate serve` runs the audit API here when workers.audit_api exists
+    audit_api_host: str = "127.0.0.1"
 
     @field_validator("timezone")
     @classmethod

@@ -1,0 +1,101 @@
+"""Wire settings to the core: protocol, time zone and store, for the Celery task and the stream bridge.
+
+`bootstrap(settings)` is the one place a running service gets its parts; the
+retry policy both entry points share lives next to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from pathlib import Path
+from typing import Any
+
+from validator import InMemoryStore, Outcome, Store, process_text
+from validator.protocol import ProtocolSet, load_protocol_set
+from validator.er7 import decode
+
+from .settings import Settings
+
+log = logging.getLogger("rxgate.service")
+
+
+@dataclass
+class Service:
+    settings: Settings
+    protocol: ProtocolSet
+    tz: tzinfo
+    store: Store
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def process(self, message: str | bytes, received_at: datetime | None = None) -> list[Outcome]:
+        """Every message of one queue entry, in order (process_text never raises for bad input)."""
+        text = decode(message) if isinstance(message, bytes) else message
+        return process_text(text, self.store, self.protocol, tz=self.tz, received_at=received_at)
+
+
+def bootstrap(settings: Settings | None = None, *, store: Store | None = None) -> Service:
+    """Settings -> protocol, tz, store. The SQL store (workers.sqlstore) when it is installed.
+
+    Without it the in-memory store is used, which is only right for a single process (unit tests):
+    a warning says so.
+    """
+    settings = settings or Settings()
+    protocol = load_protocol_set(settings.protocol, settings.protocol_field)
+    if store is None:
+        store = open_store(settings.database_url)
+    return Service(settings=settings, protocol=protocol, tz=settings.tz, store=store)
+
+
+def open_store(url: str) -> Store:
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        # a relative SQLite path (the default ./var/rxgate.db): make its directory
+        Path(url.removeprefix("sqlite:///").split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        from .sqlstore import open_sql_store
+    except ImportError:
+        log.warning("workers.sqlstore is not installed: using an in-memory store (single process only, not kept)")
+        return InMemoryStore()
+    return open_sql_store(url)
+
+
+# --- retry policy shared by the Celery task and the bridge -------------------------------------------------
+
+_TRANSIENT_NAMES = {
+    # by class name, so no driver has to be importable here
+    "OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError", "PendingRollbackError",
+    "ConnectionError", "BusyLoadingError", "ReadOnlyError", "ConnectionRefusedError", "ConnectionResetError",
+    "BrokenPipeError", "StoreUnavailable",
+}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A fault of the database or broker (worth waiting out), not of the message or the code."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    for cls in type(exc).__mro__:
+        if cls.__name__ in _TRANSIENT_NAMES:
+            return True
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and cause is not exc and is_transient(cause)
+
+
+def backoff_delays(settings: Settings) -> Iterator[float]:
+    """Exponential delays (initial, x2, ... capped at retry_max_delay) whose sum just reaches retry_budget."""
+    total, delay = 0.0, max(settings.retry_initial_delay, 0.001)
+    while total < settings.retry_budget:
+        step = min(delay, settings.retry_max_delay, settings.retry_budget - total)
+        yield step
+        total += step
+        delay *= 2
+
+
+def retry_count(settings: Settings) -> int:
+    return sum(1 for _ in backoff_delays(settings))
+
+
+def default_consumer_name() -> str:
+    return f"{os.uname().nodename}-{os.getpid()}"

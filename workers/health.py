@@ -1,0 +1,74 @@
+"""Whether the broker and the database answer: `rxgate health` (exit 0/1) and the audit API's `/health`.
+
+`health_status(settings)` never raises and never opens a write transaction; URLs in the result
+have their passwords hidden.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .settings import Settings
+
+
+def _hide_password(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - only for messages
+        return url.split("@")[-1] if "@" in url else url
+
+
+def check_broker(url: str, timeout: float = 2.0) -> dict[str, Any]:
+    import redis
+
+    started = time.perf_counter()
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        client.ping()
+        version = client.info("server").get("redis_version", "?")
+        return {"ok": True, "url": _hide_password(url), "detail": f"redis {version}",
+                "ms": round((time.perf_counter() - started) * 1000, 1)}
+    except Exception as exc:  # noqa: BLE001 - any failure is "does not answer", with the reason
+        return {"ok": False, "url": _hide_password(url), "detail": f"{type(exc).__name__}: {str(exc)[:200]}"}
+
+
+def check_database(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    from sqlalchemy import create_engine, text
+
+    started = time.perf_counter()
+    engine = None
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": timeout})
+        else:
+            from sqlalchemy.engine import make_url
+
+            parsed = make_url(url)
+            if parsed.drivername in ("postgresql", "postgres"):
+                parsed = parsed.set(drivername="postgresql+psycopg")
+            engine = create_engine(parsed, connect_args={"connect_timeout": int(max(timeout, 1))})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"ok": True, "url": _hide_password(url), "detail": engine.dialect.name,
+                "ms": round((time.perf_counter() - started) * 1000, 1)}
+    except Exception as exc:  # noqa: BLE001
+        reason = getattr(exc, "orig", None) or exc
+        first = str(reason).strip().splitlines()[0][:200] if str(reason).strip() else ""
+        return {"ok": False, "url": _hide_password(url), "detail": f"{type(reason).__name__}: {first}"}
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
+def health_status(settings: Settings | None = None) -> dict[str, Any]:
+    """{"status": "ok"|"unavailable", "broker": {...}, "database": {...}}; each part has ok, url, detail."""
+    from .embedded import resolve_broker_url
+
+    settings = settings or Settings()
+    broker = check_broker(resolve_broker_url(settings))
+    database = check_database(settings.database_url)
+    return {"status": "ok" if broker["ok"] and database["ok"] else "unavailable",
+            "broker": broker, "database": database}

@@ -130,3 +130,22 @@ def test_normalise_for_message_key():
 def test_segment_component_access_handles_nulls():
     seg = Segment("PID", ["PID", "1", "", '""'], Encoding())
     assert seg.component(3) == "" and seg.component(99) == ""
+
+
+def test_limits_answer_ar():
+    from tests.builders import run
+    from validator import InMemoryStore, load_protocol, process_text
+    from validator.reader import Limits
+
+    big = adult_order_set("BIG").replace("DOE^JANE^A", "DOE^" + "J" * 2_000_000)
+    outcome = run(big)
+    assert outcome.ack_code == "AR" and outcome.result["findings"][0]["rule"] == "hl7.size"
+    assert "bytes exceeds" in outcome.result["findings"][0]["message"]
+    many = adult_order_set("MANY").rstrip("\r") + "\r" + "NTE|1||x\r" * 6000
+    assert run(many).result["findings"][0]["rule"] == "hl7.size"
+    reps = adult_order_set("REP").replace("MRN55501^^^GENHOSP^MR", "~".join(["X"] * 5000))
+    found = run(reps).result["findings"][0]
+    assert found["rule"] == "hl7.size" and found["location"] == "PID-3"
+    small = Limits(max_message_bytes=100)
+    tiny = process_text(adult_order_set("T"), InMemoryStore(), load_protocol(), tz=UTC, limits=small)[0]
+    assert tiny.ack_code == "AR"

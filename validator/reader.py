@@ -8,6 +8,7 @@ message that is not a supported pharmacy order raises `MessageRejected`.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import tzinfo
 from decimal import Decimal, InvalidOperation
 
@@ -87,6 +88,41 @@ def check_supported(order_set: OrderSet) -> None:
         )
     if not order_set.control_id:
         raise MessageRejected("hl7.control_id", "101", "MSH-10 (message control id) is missing", "MSH", 10)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one message, so that a hostile or broken sender costs bounded time and memory."""
+
+    max_message_bytes: int = 1_048_576
+    max_segments: int = 5_000
+    max_repetitions: int = 1_000  # in any one field
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def check_limits(raw: RawMessage, limits: Limits) -> None:
+    """Raise `MessageRejected` (hl7.size) when the message exceeds a limit."""
+    size = sum(len(line.encode("utf-8", "surrogatepass")) + 1 for line in raw.lines)
+    if size > limits.max_message_bytes:
+        raise MessageRejected(
+            "hl7.size", "207", f"message of {size} bytes exceeds the limit of {limits.max_message_bytes} bytes"
+        )
+    if len(raw.lines) > limits.max_segments:
+        raise MessageRejected(
+            "hl7.size", "207", f"message of {len(raw.lines)} segments exceeds the limit of {limits.max_segments}"
+        )
+    rep = raw.enc.repetition
+    for line in raw.lines:
+        if line.count(rep) > limits.max_repetitions:
+            for n, field_text in enumerate(line.split(raw.enc.field)):
+                if field_text.count(rep) >= limits.max_repetitions:
+                    raise MessageRejected(
+                        "hl7.size", "207",
+                        f"{line[:3]} field {n} repeats {field_text.count(rep) + 1} times; the limit is "
+                        f"{limits.max_repetitions}", line[:3], n,
+                    )
 
 
 def read_order_set(raw: RawMessage, tz: tzinfo) -> OrderSet:

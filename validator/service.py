@@ -20,7 +20,7 @@ from .errors import MessageRejected
 from .history import KeyTaken, MessageKey, ProcessedMessage, Store
 from .model import Location, OrderSet
 from .protocol import Protocol, ProtocolSet
-from .reader import read_header, read_order_set
+from .reader import DEFAULT_LIMITS, Limits, check_limits, read_header, read_order_set
 from .response import build_rejection, build_response
 from .verdict import Judgement, judge
 
@@ -62,7 +62,8 @@ def message_key(header: OrderSet, text: str) -> MessageKey | None:
 
 
 def process_text(
-    text: str, store: Store, protocol: Protocol | ProtocolSet, *, tz: tzinfo, received_at: datetime | None = None
+    text: str, store: Store, protocol: Protocol | ProtocolSet, *, tz: tzinfo, received_at: datetime | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[Outcome]:
     """Every message in a text (a file, a queue entry): one outcome each, in order."""
     split = split_messages(text)
@@ -74,13 +75,14 @@ def process_text(
     else:
         outcomes = []
     outcomes.extend(
-        process_message(raw, store, protocol, tz=tz, received_at=received_at) for raw in split.messages
+        process_message(raw, store, protocol, tz=tz, received_at=received_at, limits=limits) for raw in split.messages
     )
     return outcomes
 
 
 def process_message(
-    raw: RawMessage, store: Store, protocol: Protocol | ProtocolSet, *, tz: tzinfo, received_at: datetime | None = None
+    raw: RawMessage, store: Store, protocol: Protocol | ProtocolSet, *, tz: tzinfo, received_at: datetime | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Outcome:
     started = time.perf_counter()
     received_at = received_at or datetime.now(tz)
@@ -95,6 +97,7 @@ def process_message(
         if stored is not None:
             return _answer_again(key, stored.content_sha256, stored.result, header, text, store, protocol, tz, received_at)
     try:
+        check_limits(raw, limits)
         order_set = read_order_set(raw, tz)
     except MessageRejected as exc:
         location = Location(segment=exc.segment, occurrence=1, field=exc.field) if exc.field else None

@@ -34,7 +34,9 @@ class Service:
     def process(self, message: str | bytes, received_at: datetime | None = None) -> list[Outcome]:
         """Every message of one queue entry, in order (process_text never raises for bad input)."""
         text = decode(message) if isinstance(message, bytes) else message
-        return process_text(text, self.store, self.protocol, tz=self.tz, received_at=received_at)
+        return process_text(
+            text, self.store, self.protocol, tz=self.tz, received_at=received_at, limits=self.settings.limits
+        )
 
 
 def bootstrap(settings: Settings | None = None, *, store: Store | None = None) -> Service:

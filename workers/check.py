@@ -10,6 +10,7 @@ from typing import TextIO
 
 from validator import InMemoryStore, Outcome, Store, process_text
 from validator.protocol import ProtocolSet
+from validator.reader import DEFAULT_LIMITS, Limits
 from validator.er7 import decode
 
 
@@ -41,11 +42,12 @@ def read_inputs(paths: list[str], stdin: TextIO | None = None) -> list[tuple[str
 
 
 def run_check(
-    inputs: list[tuple[str, str]], store: Store, protocol: ProtocolSet, tz: tzinfo, fmt: str, out: TextIO
+    inputs: list[tuple[str, str]], store: Store, protocol: ProtocolSet, tz: tzinfo, fmt: str, out: TextIO,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> int:
     worst = 0
     for _name, text in inputs:
-        for outcome in process_text(text, store, protocol, tz=tz):
+        for outcome in process_text(text, store, protocol, tz=tz, limits=limits):
             write_outcome(outcome, fmt, out)
             if outcome.ack_code != "AA":
                 worst = 1

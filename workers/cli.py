@@ -57,7 +57,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         store = memory_store()
     fmt = "json" if args.json else "hl7" if args.hl7 else "text"
-    return run_check(inputs, store, protocol, tz, fmt, sys.stdout)
+    return run_check(inputs, store, protocol, tz, fmt, sys.stdout, settings.limits)
 
 
 def open_store(url: str):

@@ -23,6 +23,15 @@ class Settings(BaseSettings):
     embedded: bool = False  # force the embedded Redis
     var_dir: str = "var"
     audit_token_sha256: str = ""
+    max_message_bytes: int = 1_048_576  # larger messages are answered AR hl7.size
+    max_segments: int = 5_000
+    max_repetitions: int = 1_000  # repetitions of any one field
+
+    @property
+    def limits(self):
+        from validator.reader import Limits
+
+        return Limits(self.max_message_bytes, self.max_segments, self.max_repetitions)
     log_level: str = "INFO"
     # --- queue service (workers/celery_app.py, workers/bridge.py); seconds unless named otherwise ---
     visibility_timeout: float = 3600  # Redis redelivers an unacked Celery task after this; > longest task + retry budget

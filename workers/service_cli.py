@@ -117,7 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         children["bridge"] = _spawn([*me, "bridge"], env)
     if not args.no_api and importlib.util.find_spec("workers.audit_api") is not None:
         children["audit-api"] = _spawn([
-            sys.executable, "-m", "uvicorn", "--factory", "workers.audit_api:create_app",
+            sys.executable, "-m", "uvicorn", "--factory", "workers.audit_api:settings_app",
             "--host", settings.audit_api_host, "--port", str(settings.audit_api_port), "--log-level", "warning",
             "--no-access-log",  # logged URLs could carry patient ids in query strings
         ], env)

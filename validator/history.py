@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol as PortProtocol
+from typing import Any
+from typing import Protocol as PortProtocol
 
 from pydantic import BaseModel
 

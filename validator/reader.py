@@ -209,13 +209,7 @@ def _read_order_segment(state: _OrderState, seg: Segment, tz: tzinfo) -> None:
     if name == "RXE":
         state.rxe = seg
         # RXE wins over RXO where both exist (go-protocol.md, "Orders without RXE").
-        order.drug = coded(seg, 2)
-        order.drug_location = Location(segment="RXE", occurrence=seg.occurrence, field=2)
-        order.amount_raw = seg.component(3)
-        order.amount = decimal_or_none(order.amount_raw)
-        order.amount_max = decimal_or_none(seg.component(4))
-        order.amount_units = coded(seg, 5)
-        order.amount_location = Location(segment="RXE", occurrence=seg.occurrence, field=3)
+        _read_give(order, seg, drug_field=2)
         order.indication = coded(seg, 27)
         order.rate_amount = decimal_or_none(seg.component(23))
         order.rate_units = coded(seg, 24)
@@ -224,13 +218,7 @@ def _read_order_segment(state: _OrderState, seg: Segment, tz: tzinfo) -> None:
     elif name == "RXO":
         state.rxo = seg
         if state.rxe is None:
-            order.drug = coded(seg, 1)
-            order.drug_location = Location(segment="RXO", occurrence=seg.occurrence, field=1)
-            order.amount_raw = seg.component(2)
-            order.amount = decimal_or_none(order.amount_raw)
-            order.amount_max = decimal_or_none(seg.component(3))
-            order.amount_units = coded(seg, 4)
-            order.amount_location = Location(segment="RXO", occurrence=seg.occurrence, field=2)
+            _read_give(order, seg, drug_field=1)
     elif name == "RXR":
         (state.rxr_after if state.rxe else state.rxr_before).append(seg)
     elif name == "TQ1":
@@ -248,6 +236,17 @@ def _read_order_segment(state: _OrderState, seg: Segment, tz: tzinfo) -> None:
         order.drug_location = Location(segment="OBR", occurrence=seg.occurrence, field=4)
 
 
+def _read_give(order: Order, seg: Segment, drug_field: int) -> None:
+    """Drug, amount, maximum and units: RXE-2..5, or RXO-1..4 (the same four fields, one earlier)."""
+    order.drug = coded(seg, drug_field)
+    order.drug_location = Location(segment=seg.name, occurrence=seg.occurrence, field=drug_field)
+    order.amount_raw = seg.component(drug_field + 1)
+    order.amount = decimal_or_none(order.amount_raw)
+    order.amount_max = decimal_or_none(seg.component(drug_field + 2))
+    order.amount_units = coded(seg, drug_field + 3)
+    order.amount_location = Location(segment=seg.name, occurrence=seg.occurrence, field=drug_field + 1)
+
+
 def _timing(state: _OrderState, tz: tzinfo) -> Timing:
     """TQ1 (the encoded order's first) gives the timing; the TQ of RXE-1, else ORC-7, fills what it lacks."""
     timing = Timing()
@@ -260,6 +259,9 @@ def _timing(state: _OrderState, tz: tzinfo) -> Timing:
         if tq1.field(8):
             timing.end_location = Location(segment="TQ1", occurrence=tq1.occurrence, field=8)
         value = decimal_or_none(tq1.component(6, 1))
+        if tq1.component(6, 1):
+            # a quantity sent (CQ.1 not empty) is located even when unreadable: go.infusion refuses it
+            timing.duration_location = Location(segment="TQ1", occurrence=tq1.occurrence, field=6)
         if value is not None:
             timing.service_duration = Quantity(value=value, unit=Coded(code=tq1.component(6, 2), text=tq1.component(6, 3)))
             timing.duration_location = Location(segment="TQ1", occurrence=tq1.occurrence, field=6)

@@ -101,12 +101,9 @@ def process_message(
         order_set = read_order_set(raw, tz)
     except MessageRejected as exc:
         location = Location(segment=exc.segment, occurrence=1, field=exc.field) if exc.field else None
-        now = datetime.now(tz)
-        response = build_rejection(header, exc.rule, exc.code, exc.message, location, now)
-        result = _rejected_result(header, exc.rule, exc.message, location, response)
-        outcome = _save(key, result, header, text, "", {}, [], [], store, protocol, tz, received_at)
-        _log(outcome, started)
-        return outcome
+        # stored under the key: a redelivery of a rejected message gets the same AR
+        return _reject(key, header, exc.rule, exc.code, exc.message, location, text, store, protocol, tz,
+                       received_at, started)
     history = store.orders_for(order_set.patient.key) if order_set.patient.key else []
     try:
         judgement = judge(order_set, history, protocol, tz=tz, received_at=received_at)
@@ -114,11 +111,8 @@ def process_message(
     except Exception:  # a bug must still give an answer, never a silent loss or a traceback
         log.exception("internal error judging control_id=%s; answered AR %s", header.control_id, INTERNAL_ERROR_RULE)
         message = "not processed: internal error in the validator (logged); resend after it is fixed"
-        response = build_rejection(header, INTERNAL_ERROR_RULE, "207", message, None, datetime.now(tz))
-        result = _rejected_result(header, INTERNAL_ERROR_RULE, message, None, response)
-        outcome = _save(None, result, header, text, "", {}, [], [], store, protocol, tz, received_at)
-        _log(outcome, started)
-        return outcome
+        return _reject(None, header, INTERNAL_ERROR_RULE, "207", message, None, text, store, protocol, tz,
+                       received_at, started)
     result = judgement_result(judgement, response)
     computed = {str(v.order.placer_number or v.order.index): v.computed for v in judgement.orders if v.computed}
     outcome = _save(
@@ -171,12 +165,8 @@ def _rejected_result(
 def _unparseable(
     text: str, what: str, store: Store, protocol: Protocol | ProtocolSet, tz: tzinfo, received_at: datetime | None
 ) -> Outcome:
-    received_at = received_at or datetime.now(tz)
-    response = build_rejection(None, "hl7.structure", "100", what, None, datetime.now(tz))
-    result = _rejected_result(None, "hl7.structure", what, None, response)
-    outcome = _save(None, result, None, text, "", {}, [], [], store, protocol, tz, received_at)
-    _log(outcome, time.perf_counter())
-    return outcome
+    return _reject(None, None, "hl7.structure", "100", what, None, text, store, protocol, tz,
+                   received_at or datetime.now(tz), time.perf_counter())
 
 
 def _answer_again(
@@ -193,10 +183,20 @@ def _answer_again(
         "resend with a new MSH-10"
     )
     location = Location(segment="MSH", occurrence=1, field=10)
-    response = build_rejection(header, "hl7.duplicate_control_id", "207", message, location, datetime.now(tz))
-    result = _rejected_result(header, "hl7.duplicate_control_id", message, location, response)
-    outcome = _save(None, result, header, text, "", {}, [], [], store, protocol, tz, received_at)
-    _log(outcome, time.perf_counter())
+    # not stored under the key (it belongs to the first message), but audited
+    return _reject(None, header, "hl7.duplicate_control_id", "207", message, location, text, store, protocol, tz,
+                   received_at, time.perf_counter())
+
+
+def _reject(
+    key: MessageKey | None, header: OrderSet | None, rule: str, code: str, message: str, location: Location | None,
+    text: str, store: Store, protocol: Protocol | ProtocolSet, tz: tzinfo, received_at: datetime, started: float,
+) -> Outcome:
+    """Answer AR for the message as a whole, audit it, log it."""
+    response = build_rejection(header, rule, code, message, location, datetime.now(tz))
+    outcome = _save(key, _rejected_result(header, rule, message, location, response), header, text, "", {}, [], [],
+                    store, protocol, tz, received_at)
+    _log(outcome, started)
     return outcome
 
 

@@ -92,6 +92,22 @@ def sources(ctx: DoseContext) -> tuple[list[Source], list[Finding]]:
                 f"{unit_label(duration.unit)}", duration.value * seconds_per_unit / SECONDS_PER_MINUTE, where,
             ))
 
+    elif timing.duration_location is not None:
+        # TQ1-6 was sent but is not a quantity: it may contradict the other sources (safe reading: refuse)
+        findings.append(finding(
+            RULE_ID, params.severity,
+            f"service duration ({timing.duration_location.short()}) cannot be read as a quantity such as "
+            f"240^min; expected {_plain(params.minutes)} min", timing.duration_location,
+        ))
+    for sent, value, what in ((timing.start_location, timing.start, "planned start"),
+                              (timing.end_location, timing.end, "planned end")):
+        if sent is not None and value is None:  # sent but not a date/time: refused, never silently skipped
+            findings.append(finding(
+                RULE_ID, params.severity,
+                f"{what} ({sent.short()}) cannot be read as a date/time; expected {_plain(params.minutes)} min "
+                "between planned start and end", sent,
+            ))
+
     if timing.start is not None and timing.end is not None:
         delta = timing.end - timing.start
         seconds = Decimal(delta.days * 86400 + delta.seconds) + Decimal(delta.microseconds) / Decimal(10**6)

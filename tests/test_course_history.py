@@ -281,3 +281,30 @@ def test_message_without_pid3_refuses_every_go_order():
 def test_message_with_pid3_has_no_patient_finding():
     outcome = run(adult_order_set(), InMemoryStore())
     assert "go.patient" not in rules_of(outcome.result["orders"][0])
+
+
+def test_history_changed_while_judging_is_judged_again():
+    """A store that reports a concurrent history change gets the message judged again on the new history."""
+    from validator.history import HistoryChanged
+
+    class RacingStore(InMemoryStore):
+        def __init__(self):
+            super().__init__()
+            self.raced = False
+
+        def save(self, processed):
+            if not self.raced and processed.new_orders:
+                # another worker accepts a day-1 dose for the same patient between our read and our save
+                self.raced = True
+                super().save(rival)
+                raise HistoryChanged("changed")
+            super().save(processed)
+
+    store = RacingStore()
+    other = InMemoryStore()
+    run(go_dose_message("R0", "20261201", placer="RIVAL"), other)
+    rival = other.audit[-1].model_copy(update={"key": None})
+    outcome = run(go_dose_message("R1", "20261201"), store)
+    assert store.raced
+    assert outcome.result["orders"][0]["order_control"] == "UA"
+    assert "go.schedule" in rules_of(outcome.result["orders"][0])

@@ -87,6 +87,13 @@ class KeyTaken(Exception):
     """Another worker stored the same message key first; re-read its answer."""
 
 
+class HistoryChanged(Exception):
+    """The patient's course history changed between `orders_for` and `save` (another worker wrote it).
+
+    Nothing was written; the message must be judged again against the new history.
+    """
+
+
 class Store(PortProtocol):
     def answer_for(self, key: MessageKey) -> StoredAnswer | None:
         """The stored answer under (sender app, sender facility, control id), whatever its hash."""
@@ -95,7 +102,8 @@ class Store(PortProtocol):
         """The patient's course history: accepted orders not removed by a cancellation."""
 
     def save(self, processed: ProcessedMessage) -> None:
-        """Write atomically; raise `KeyTaken` if `processed.key` is already stored.
+        """Write atomically; raise `KeyTaken` if `processed.key` is already stored, and `HistoryChanged`
+        if the patient's history changed since this worker's `orders_for` (concurrent workers).
 
         Cancellations (and replacements) are applied before `new_orders` are added:
         a replacement XO carries the same placer number as the order it replaces.

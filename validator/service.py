@@ -17,7 +17,7 @@ from typing import Any
 
 from .er7 import RawMessage, normalise, split_messages
 from .errors import MessageRejected
-from .history import KeyTaken, MessageKey, ProcessedMessage, Store
+from .history import HistoryChanged, KeyTaken, MessageKey, ProcessedMessage, Store
 from .model import Location, OrderSet
 from .protocol import Protocol, ProtocolSet
 from .reader import DEFAULT_LIMITS, Limits, check_limits, read_header, read_order_set
@@ -26,6 +26,7 @@ from .verdict import Judgement, judge
 
 log = logging.getLogger("rxgate")
 INTERNAL_ERROR_RULE = "rxgate.internal_error"
+REJUDGE_ATTEMPTS = 5  # a patient's history changed under us this often: let the entry point's retry take over
 
 
 @dataclass
@@ -104,23 +105,33 @@ def process_message(
         # stored under the key: a redelivery of a rejected message gets the same AR
         return _reject(key, header, exc.rule, exc.code, exc.message, location, text, store, protocol, tz,
                        received_at, started)
-    history = store.orders_for(order_set.patient.key) if order_set.patient.key else []
-    try:
-        judgement = judge(order_set, history, protocol, tz=tz, received_at=received_at)
-        response = build_response(judgement, datetime.now(tz))
-    except Exception:  # a bug must still give an answer, never a silent loss or a traceback
-        log.exception("internal error judging control_id=%s; answered AR %s", header.control_id, INTERNAL_ERROR_RULE)
-        message = "not processed: internal error in the validator (logged); resend after it is fixed"
-        return _reject(None, header, INTERNAL_ERROR_RULE, "207", message, None, text, store, protocol, tz,
-                       received_at, started)
-    result = judgement_result(judgement, response)
-    computed = {str(v.order.placer_number or v.order.index): v.computed for v in judgement.orders if v.computed}
-    outcome = _save(
-        key, result, header, text, order_set.patient.key, computed, judgement.new_orders, judgement.cancellations,
-        store, protocol, tz, received_at,
-    )
-    _log(outcome, started)
-    return outcome
+    for attempt in range(1, REJUDGE_ATTEMPTS + 1):
+        history = store.orders_for(order_set.patient.key) if order_set.patient.key else []
+        try:
+            judgement = judge(order_set, history, protocol, tz=tz, received_at=received_at)
+            response = build_response(judgement, datetime.now(tz))
+        except Exception:  # a bug must still give an answer, never a silent loss or a traceback
+            log.exception("internal error judging control_id=%s; answered AR %s", header.control_id,
+                          INTERNAL_ERROR_RULE)
+            message = "not processed: internal error in the validator (logged); resend after it is fixed"
+            return _reject(None, header, INTERNAL_ERROR_RULE, "207", message, None, text, store, protocol, tz,
+                           received_at, started)
+        result = judgement_result(judgement, response)
+        computed = {str(v.order.placer_number or v.order.index): v.computed for v in judgement.orders if v.computed}
+        try:
+            outcome = _save(
+                key, result, header, text, order_set.patient.key, computed, judgement.new_orders,
+                judgement.cancellations, store, protocol, tz, received_at,
+            )
+        except HistoryChanged:
+            # Another worker changed this patient's course while we judged: judge again on the new history.
+            if attempt == REJUDGE_ATTEMPTS:
+                raise
+            log.info("history changed while judging control_id=%s; judging again (%d)", header.control_id, attempt)
+            continue
+        _log(outcome, started)
+        return outcome
+    raise AssertionError("unreachable")
 
 
 def judgement_result(judgement: Judgement, response: str) -> dict[str, Any]:

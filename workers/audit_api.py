@@ -311,6 +311,9 @@ def create_app(store_url: str | None = None, token_sha256: str | None = None, *,
         return get_swagger_ui_html(openapi_url="/openapi.json", title="rxgate audit API")
 
     _add_pages(app, store, tz, token_ok, new_session, authorised, bearer)
+    from .metrics import mount_metrics  # open GET /metrics (docs/metrics.md)
+
+    mount_metrics(app)
     return app
 
 

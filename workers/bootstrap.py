@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
@@ -15,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from validator import InMemoryStore, Outcome, Store, process_text
-from validator.protocol import ProtocolSet, load_protocol_set
 from validator.er7 import decode
+from validator.protocol import ProtocolSet, load_protocol_set
 
+from . import metrics
 from .settings import Settings
 
 log = logging.getLogger("rxgate.service")
@@ -34,9 +36,12 @@ class Service:
     def process(self, message: str | bytes, received_at: datetime | None = None) -> list[Outcome]:
         """Every message of one queue entry, in order (process_text never raises for bad input)."""
         text = decode(message) if isinstance(message, bytes) else message
-        return process_text(
+        started = time.perf_counter()
+        outcomes = process_text(
             text, self.store, self.protocol, tz=self.tz, received_at=received_at, limits=self.settings.limits
         )
+        metrics.observe(outcomes, time.perf_counter() - started)  # never raises
+        return outcomes
 
 
 def bootstrap(settings: Settings | None = None, *, store: Store | None = None) -> Service:

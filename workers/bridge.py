@@ -43,6 +43,7 @@ from validator.er7 import decode, split_messages
 from validator.reader import read_header
 from validator.response import build_rejection
 
+from . import metrics
 from .bootstrap import Service, backoff_delays, default_consumer_name, is_transient
 from .settings import Settings
 
@@ -257,6 +258,7 @@ class Bridge:
                     raise _GiveUp(reason, attempts, safe_reason(exc)) from exc
                 log.warning("bridge: entry %s attempt %d failed (%s); retrying in %.2f s",
                             entry_id, attempts, safe_reason(exc), delay)
+                metrics.retry("bridge", transient)
                 # answer what is done, and keep this batch's other entries ours while we wait
                 self.commit(batch)
                 batch.ops.clear()
@@ -265,6 +267,7 @@ class Bridge:
                     raise _Stopped() from exc
 
     def _deadletter_fields(self, entry_id: str, fields: dict, reason: str, attempts: int) -> dict[str, Any]:
+        metrics.dead_letter("bridge")
         out: dict[str, Any] = {}
         for k, v in fields.items():
             out[k if k not in ("reason", "inbound_id", "consumer", "attempts", "failed_at", "source") else f"orig_{k}"] = v

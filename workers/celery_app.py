@@ -30,6 +30,7 @@ import logging
 
 from celery import Celery
 
+from . import sentinel
 from .embedded import resolve_broker_url
 from .settings import Settings
 
@@ -39,7 +40,11 @@ TASK = "rxgate.validate"
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings()
-    broker = resolve_broker_url(settings)
+    sentinel_options: dict = {}
+    if sentinel.enabled(settings):  # RXGATE_BROKER_SENTINELS: failover via Redis Sentinel (docs/scale-out.md)
+        broker, sentinel_options = sentinel.celery_broker(settings)
+    else:
+        broker = resolve_broker_url(settings)
     app = Celery("rxgate", broker=broker, backend=broker, include=["workers.tasks"])
     app.conf.update(
         task_acks_late=True,
@@ -52,8 +57,9 @@ def make_app(settings: Settings | None = None) -> Celery:
             # worker's): every interval x throttle seconds (kombu 5.7 defaults, 100 s)
             "unacked_restore_interval": settings.unacked_restore_interval,
             "unacked_restore_throttle": settings.unacked_restore_throttle,
+            **sentinel_options,
         },
-        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout, **sentinel_options},
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         task_default_queue=QUEUE,

@@ -78,7 +78,7 @@ _EXTENSIONS: list = []
 
 
 def _load_extensions() -> None:
-    for module in ("workers.audit_cli", "workers.service_cli", "workers.protocol_cli"):
+    for module in ("workers.audit_cli", "workers.service_cli", "workers.protocol_cli", "workers.mllp"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError:

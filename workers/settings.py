@@ -54,6 +54,20 @@ class Settings(BaseSettings):
     submit_timeout: float = 30.0  # `rxgate submit`: seconds to wait for each response
     audit_api_port: int = 8080  # `rxgate serve` runs the audit API here when workers.audit_api exists
     audit_api_host: str = "127.0.0.1"
+    # --- MLLP listener (workers/mllp.py, `rxgate mllp`) ---
+    mllp_host: str = "127.0.0.1"  # 0.0.0.0 to accept interface engines on other hosts
+    mllp_port: int = 2575
+    mllp_timeout: float = 30.0  # seconds before an unanswered message gets AR rxgate.timeout; < the sender's ACK timeout
+    mllp_max_frame: int = 10_000_000  # bytes; a larger frame is refused (AR) and its connection closed
+    # --- metrics (workers/metrics.py) ---
+    metrics_dir: str = ""  # prometheus multiprocess directory; empty: <var_dir>/metrics; "off": per-process only
+    # --- broker failover: Redis Sentinel (workers/celery_app.py, docs/scale-out.md) ---
+    broker_sentinels: str = ""  # "host1:26379,host2:26379,host3:26379": use Sentinel instead of broker_url
+    broker_sentinel_master: str = "mymaster"  # the master name the sentinels monitor
+    broker_sentinel_db: int = 0
+    broker_sentinel_password: str = ""  # password of the Redis servers (not of the sentinels)
+    broker_sentinel_sentinel_password: str = ""  # password of the sentinels themselves, if they require one
+    broker_sentinel_socket_timeout: float = 5.0
 
     @field_validator("timezone")
     @classmethod

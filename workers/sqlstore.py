@@ -61,6 +61,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
+from validator.history import HistoryChanged as CoreHistoryChanged
 from validator.history import HistoryEntry, KeyTaken, MessageKey, ProcessedMessage, StoredAnswer
 
 log = logging.getLogger("rxgate.store")
@@ -74,11 +75,11 @@ class StoreUnavailable(Exception):
     """The database cannot be reached or opened (said plainly, password hidden)."""
 
 
-class HistoryChanged(StoreUnavailable):
+class HistoryChanged(StoreUnavailable, CoreHistoryChanged):
     """The patient's course history changed between reading it and saving the verdict (concurrent workers).
 
-    Transient by design (a StoreUnavailable): the bridge and the Celery task retry, and the retry
-    judges the message again against the new history.
+    The core judges again at once (validator.service); should that keep losing the race, it is
+    transient by design (a StoreUnavailable): the bridge and the Celery task retry.
     """
 
 

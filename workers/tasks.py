@@ -11,6 +11,7 @@ import logging
 import os
 from typing import Any
 
+from . import metrics
 from .bootstrap import Service, backoff_delays, bootstrap, is_transient
 from .bridge import deadletter_celery, not_processed_result, safe_reason
 from .celery_app import TASK, app
@@ -54,9 +55,11 @@ def _retry_or_give_up(task, text, exc: Exception) -> dict[str, Any]:
     if attempt < allowed:
         log.warning("task %s attempt %d failed (%s); retrying in %.2f s",
                     task.request.id, attempt + 1, safe_reason(exc), delays[attempt])
+        metrics.retry("celery", transient)
         raise task.retry(exc=exc, countdown=delays[attempt], max_retries=allowed)
     detail = str(exc).splitlines()[0][:300] if str(exc) else ""
     reason = f"{safe_reason(exc)}: {detail}" if detail else safe_reason(exc)
+    metrics.dead_letter("celery")
     log.error("task %s not processed after %d attempts (%s): dead-lettered, AR returned",
               task.request.id, attempt + 1, safe_reason(exc))
     body = text.decode("utf-8", "replace") if isinstance(text, bytes) else text

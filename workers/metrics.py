@@ -1,0 +1,289 @@
+"""Prometheus metrics: what the service answered, how fast, and what is waiting (docs/metrics.md).
+
+Counted where messages are processed: `Service.process` (workers/bootstrap.py) observes each
+outcome, the bridge and the Celery task count retries and dead letters, the MLLP listener its own
+AR answers. Queue depth is read from Redis when /metrics is scraped.
+
+Processes. `rxgate serve` runs a Celery worker (a pool of forked processes), the stream bridge, the
+audit API (which serves /metrics) and possibly `rxgate mllp`, each a separate process. Counters
+therefore use prometheus_client's multiprocess mode: every process writes its values to mmap files
+in one directory (PROMETHEUS_MULTIPROC_DIR; set by this module, when not already set, to
+RXGATE_METRICS_DIR, default `<RXGATE_VAR_DIR>/metrics`) and the process serving /metrics sums them.
+All processes of one host must see the same directory (they do under `serve`: same working
+directory and settings). Counters of a process that exited stay in the sum (no drop at a worker
+restart); no gauge is kept in the files (the queue gauges are read live), so nothing needs
+`mark_process_dead`. Empty the directory when the whole service (re)starts (docs/metrics.md).
+RXGATE_METRICS_DIR=off gives plain per-process metrics (one process serving /metrics sees only its
+own counts: only right for a single-process embedding).
+
+Metrics never carry patient data: labels are ack codes, rule ids, sources and queue names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("rxgate.metrics")
+
+OFF = {"off", "none", "-", "0", "false"}
+QUEUE = "rxgate.orders"  # workers.celery_app.QUEUE (not imported: that module builds the Celery app)
+
+
+def _configure() -> str | None:
+    """Multiprocess directory (created), exported as PROMETHEUS_MULTIPROC_DIR; None = per-process mode."""
+    current = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+    if current:
+        chosen = current
+    else:
+        try:
+            from .settings import Settings
+
+            settings = Settings()
+            chosen = settings.metrics_dir.strip()
+            if chosen.lower() in OFF:
+                return None
+            chosen = chosen or str(Path(settings.var_dir) / "metrics")
+        except Exception as exc:  # noqa: BLE001 - a bad setting is reported by the command that reads it
+            log.warning("metrics: settings unreadable (%s); per-process metrics", type(exc).__name__)
+            return None
+    if chosen.lower() in OFF:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        return None
+    path = os.path.abspath(chosen)
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("metrics: cannot create %s (%s); per-process metrics", path, exc.strerror)
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        return None
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path  # inherited by forked and spawned children
+    return path
+
+
+MULTIPROC_DIR = _configure()
+
+from prometheus_client import (  # noqa: E402 - after PROMETHEUS_MULTIPROC_DIR is chosen
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    values,
+)
+from prometheus_client.core import GaugeMetricFamily  # noqa: E402
+
+try:  # the classic text format 0.0.4: what every Prometheus 2.x and 3.x scrapes (our names need no escaping)
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE
+except ImportError:  # pragma: no cover - older prometheus_client
+    from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+
+# the value class is chosen from the environment when prometheus_client is first imported, which may
+# have happened before this module ran (another library): choose it again now
+values.ValueClass = values.get_value_class()
+
+MESSAGES = Counter(
+    "rxgate_messages", "Messages answered, by acknowledgment code (MSA-1); redelivered=true: the stored answer "
+    "was returned for a message already processed", ["outcome", "redelivered"])
+FINDINGS = Counter(
+    "rxgate_findings", "Error and warning findings of processed messages, by rule id (not counted again "
+    "for redeliveries)", ["rule", "severity"])
+LATENCY = Histogram(
+    "rxgate_processing_seconds", "Time to process one queue entry (read, judge, store, respond)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+RETRIES = Counter(
+    "rxgate_retries", "Processing attempts that failed and will be retried, by source (bridge, celery) and "
+    "kind (transient: database/broker down; error: an unexpected exception)", ["source", "kind"])
+DEAD_LETTERS = Counter(
+    "rxgate_dead_letters", "Messages given up on: written to <prefix>:deadletter and answered AR 207, by source",
+    ["source"])
+MLLP_REJECTIONS = Counter(
+    "rxgate_mllp_rejections", "AR answers the MLLP listener gave itself, by reason (timeout, not_hl7, not_queued)",
+    ["reason"])
+
+
+def _safe(fn):
+    """Metrics never break message processing."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("metrics: %s failed (%s)", fn.__name__, type(exc).__name__)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@_safe
+def observe(outcomes: Iterable[Any], seconds: float) -> None:
+    """One `Service.process` call: its outcomes (validator.service.Outcome) and its duration."""
+    LATENCY.observe(max(seconds, 0.0))
+    for outcome in outcomes:
+        result = outcome.result
+        redelivered = bool(getattr(outcome, "redelivered", False))
+        MESSAGES.labels(outcome=str(result.get("ack_code") or "unknown"),
+                        redelivered="true" if redelivered else "false").inc()
+        if redelivered:
+            continue
+        for f in result.get("findings") or []:
+            severity = f.get("severity")
+            if severity in ("error", "warning") and f.get("rule"):
+                FINDINGS.labels(rule=str(f["rule"]), severity=severity).inc()
+
+
+@_safe
+def retry(source: str, transient: bool) -> None:
+    RETRIES.labels(source=source, kind="transient" if transient else "error").inc()
+
+
+@_safe
+def dead_letter(source: str) -> None:
+    DEAD_LETTERS.labels(source=source).inc()
+
+
+@_safe
+def mllp_rejection(reason: str) -> None:
+    MLLP_REJECTIONS.labels(reason=reason).inc()
+
+
+def reset_multiproc_dir() -> int:
+    """Remove the counter files of processes that are gone (call when the whole service starts).
+
+    Their counts leave the sums, which Prometheus reads as a counter reset (rate() handles it). Files of
+    live processes (a separately started `rxgate mllp`, say) are kept. Returns the number removed.
+    """
+    if MULTIPROC_DIR is None:
+        return 0
+    removed = 0
+    for f in Path(MULTIPROC_DIR).glob("*.db"):
+        try:
+            pid = int(f.stem.rsplit("_", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        try:
+            f.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- queue depth, read from Redis at scrape time -----------------------------------------------------
+
+
+class QueueCollector:
+    """Gauges read live from the broker: nothing stale is left behind by a process that died."""
+
+    def __init__(self, settings=None, client=None):
+        from .settings import Settings
+
+        self.settings = settings or Settings()
+        self._client = client
+
+    def client(self):
+        if self._client is None:
+            import redis
+
+            from . import sentinel
+            from .embedded import resolve_broker_url
+
+            if sentinel.enabled(self.settings):
+                self._client = sentinel.master_client(self.settings, socket_timeout=1.0)
+            else:
+                self._client = redis.Redis.from_url(resolve_broker_url(self.settings), socket_timeout=1.0,
+                                                    socket_connect_timeout=1.0)
+        return self._client
+
+    def collect(self):
+        p = self.settings.stream_prefix
+        inbound, deadletter = f"{p}:inbound", f"{p}:deadletter"
+        up = GaugeMetricFamily("rxgate_broker_up", "1 when the broker answered this scrape, else 0")
+        depth = GaugeMetricFamily("rxgate_queue_depth", "Messages waiting or in progress: entries on the inbound "
+                                  "stream (answered ones are deleted) and tasks on the Celery queue", labels=["queue"])
+        pending = GaugeMetricFamily("rxgate_queue_pending", "Inbound stream entries read by a bridge and not yet "
+                                    "answered (XPENDING)", labels=["queue"])
+        dead = GaugeMetricFamily("rxgate_deadletter_depth", "Entries on the dead-letter stream (an operator reads "
+                                 "and deletes them)")
+        try:
+            r = self.client()
+            pipe = r.pipeline(transaction=False)
+            pipe.xlen(inbound)
+            pipe.llen(QUEUE)
+            pipe.xlen(deadletter)
+            n_inbound, n_celery, n_dead = pipe.execute()
+            try:
+                n_pending = int(r.xpending(inbound, self.settings.stream_group)["pending"])
+            except Exception:  # noqa: BLE001 - no consumer group yet: nothing is pending
+                n_pending = 0
+        except Exception as exc:  # noqa: BLE001 - the scrape still answers, saying the broker is down
+            log.debug("metrics: broker unavailable (%s)", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        depth.add_metric([inbound], int(n_inbound))
+        depth.add_metric([QUEUE], int(n_celery))
+        pending.add_metric([inbound], n_pending)
+        dead.add_metric([], int(n_dead))
+        yield from (up, depth, pending, dead)
+
+
+_queue_collector: QueueCollector | None = None
+
+
+def metrics_response(queue: QueueCollector | None = None) -> tuple[bytes, str]:
+    """The Prometheus text exposition (body, content type): every process's counters, plus queue gauges."""
+    global _queue_collector
+    if MULTIPROC_DIR is not None and os.path.isdir(MULTIPROC_DIR):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, MULTIPROC_DIR)
+    else:
+        registry = REGISTRY
+    body = generate_latest(registry)
+    if queue is None:
+        if _queue_collector is None:
+            try:
+                _queue_collector = QueueCollector()
+            except Exception as exc:  # noqa: BLE001 - bad settings: counters only
+                log.debug("metrics: no queue collector (%s)", type(exc).__name__)
+        queue = _queue_collector
+    if queue is not None:
+        live = CollectorRegistry(auto_describe=False)
+        live.register(queue)
+        started = time.perf_counter()
+        body += generate_latest(live)
+        log.debug("metrics: queue gauges read in %.1f ms", (time.perf_counter() - started) * 1000)
+    return body, CONTENT_TYPE
+
+
+def mount_metrics(app) -> None:
+    """Add the open `GET /metrics` route to a FastAPI app (contract §4: /metrics needs no token)."""
+    from fastapi.responses import Response
+
+    if any(getattr(r, "path", None) == "/metrics" for r in app.router.routes):
+        return
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics():  # a sync route: runs in the thread pool, the Redis reads do not block the loop
+        body, content_type = metrics_response()
+        return Response(content=body, media_type=content_type)

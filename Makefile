@@ -26,5 +26,36 @@ bench: install
 lint: install
 	$(VENV)/bin/ruff check validator workers tests
 
+# Fuzzing: atheris targets (fuzz/atheris_*.py, FUZZ_SECONDS each, default 120) then the hypothesis harness
+# at RXGATE_FUZZ_SCALE=20 (~40 000 examples); without atheris the hypothesis run is doubled instead.
+fuzz: install
+	PY=$(PY) sh fuzz/run.sh
+
+# Soak: the fault tests with 200 random kills and 2-minute database outages (make test runs 20 kills, 30 s).
+soak: install
+	RXGATE_SOAK_KILLS=$${RXGATE_SOAK_KILLS:-200} RXGATE_TEST_OUTAGE_S=$${RXGATE_TEST_OUTAGE_S:-120} \
+		$(PY) -m pytest -q -p no:cacheprovider tests/integration/test_faults.py
+	RXGATE_FUZZ_SCALE=$${RXGATE_FUZZ_SCALE:-50} $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+
+# Known vulnerabilities in the pinned dependencies (requirements.lock) with pip-audit. It needs PyPI's
+# advisory data: when that cannot be reached the target says so plainly (NOT AUDITED) and exits 0, so an
+# offline machine is not mistaken for a clean one and `make test` never depends on the network.
+# AUDIT_STRICT=1 makes "not audited" fail too (for CI with network).
+audit: install
+	@$(PY) -m pip_audit --version >/dev/null 2>&1 || $(PY) -m pip install -q pip-audit >/dev/null 2>&1 || true
+	@if ! $(PY) -m pip_audit --version >/dev/null 2>&1; then \
+		echo "make audit: pip-audit is not installed and could not be installed (no network?): NOT AUDITED"; \
+		exit $${AUDIT_STRICT:-0}; fi
+	@out=$$($(PY) -m pip_audit -r requirements.lock --no-deps --disable-pip --progress-spinner off 2>&1); rc=$$?; \
+	echo "$$out" | grep -v "could not be audited" ; \
+	total=$$(grep -c "==" requirements.lock); skipped=$$(echo "$$out" | grep -c "could not be audited"); \
+	if [ $$rc -ne 0 ] && echo "$$out" | grep -q "Found [0-9]* known vulnerabilit"; then \
+		echo "make audit: VULNERABLE dependencies (above)"; exit 1; fi; \
+	if [ $$rc -ne 0 ] || [ $$skipped -gt 0 ]; then \
+		echo "make audit: the advisory database could not be reached for $$skipped of $$total pinned packages" \
+		     "(exit $$rc): NOT AUDITED. Run it where https://pypi.org is reachable."; \
+		if [ "$${AUDIT_STRICT:-0}" = "1" ]; then exit 1; fi; exit 0; fi; \
+	echo "make audit: $$total pinned packages audited, no known vulnerabilities"
+
 clean:
 	rm -rf $(VENV) var .pytest_cache

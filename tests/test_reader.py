@@ -149,3 +149,14 @@ def test_limits_answer_ar():
     small = Limits(max_message_bytes=100)
     tiny = process_text(adult_order_set("T"), InMemoryStore(), load_protocol(), tz=UTC, limits=small)[0]
     assert tiny.ack_code == "AR"
+
+
+def test_amount_with_repetitions_or_components_is_not_a_number():
+    from tests.builders import go_order, rules_of, run
+
+    for dose in ("15.2~99", "15.2^mg"):
+        outcome = run(adult_order_set(go=go_order(dose=dose)))
+        go = outcome.result["orders"][0]
+        assert go["order_control"] == "UA" and "go.dose" in rules_of(go), dose
+    outcome = run(adult_order_set(go=go_order(duration="240^min~999^min")))
+    assert "go.infusion" in rules_of(outcome.result["orders"][0])

@@ -236,13 +236,25 @@ def _read_order_segment(state: _OrderState, seg: Segment, tz: tzinfo) -> None:
         order.drug_location = Location(segment="OBR", occurrence=seg.occurrence, field=4)
 
 
+def _single_number(seg: Segment, n: int) -> tuple[str, Decimal | None]:
+    """(text as sent, number) of an NM field; a field with repetitions or components is no number.
+
+    `15.2~99` or `15.2^mg` must not be read as 15.2: which value was meant cannot be known, so
+    the rules refuse it (the safe reading) and the message shows what was sent.
+    """
+    raw = seg.field(n)
+    if seg.enc.repetition in raw or seg.enc.component in raw:
+        return unescape(raw, seg.enc), None
+    text = seg.component(n)
+    return text, decimal_or_none(text)
+
+
 def _read_give(order: Order, seg: Segment, drug_field: int) -> None:
     """Drug, amount, maximum and units: RXE-2..5, or RXO-1..4 (the same four fields, one earlier)."""
     order.drug = coded(seg, drug_field)
     order.drug_location = Location(segment=seg.name, occurrence=seg.occurrence, field=drug_field)
-    order.amount_raw = seg.component(drug_field + 1)
-    order.amount = decimal_or_none(order.amount_raw)
-    order.amount_max = decimal_or_none(seg.component(drug_field + 2))
+    order.amount_raw, order.amount = _single_number(seg, drug_field + 1)
+    order.amount_max = _single_number(seg, drug_field + 2)[1]
     order.amount_units = coded(seg, drug_field + 3)
     order.amount_location = Location(segment=seg.name, occurrence=seg.occurrence, field=drug_field + 1)
 
@@ -258,7 +270,7 @@ def _timing(state: _OrderState, tz: tzinfo) -> Timing:
         timing.end = parse_datetime(tq1.component(8), tz)
         if tq1.field(8):
             timing.end_location = Location(segment="TQ1", occurrence=tq1.occurrence, field=8)
-        value = decimal_or_none(tq1.component(6, 1))
+        value = decimal_or_none(tq1.component(6, 1)) if len(tq1.repetitions(6)) <= 1 else None
         if tq1.component(6, 1):
             # a quantity sent (CQ.1 not empty) is located even when unreadable: go.infusion refuses it
             timing.duration_location = Location(segment="TQ1", occurrence=tq1.occurrence, field=6)

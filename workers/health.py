@@ -1,6 +1,6 @@
 """Whether the broker and the database answer: `rxgate health` (exit 0/1) and the audit API's `/health`.
 
-`health_status(settings)` never raises and never opens a write transaction; URLs in the result
+`health_status(settings)` never raises and never writes (on SQLite it takes and releases the write lock); URLs in the result
 have their passwords hidden.
 """
 
@@ -52,6 +52,17 @@ def check_database(url: str, timeout: float = 5.0) -> dict[str, Any]:
             engine = create_engine(parsed, connect_args={"connect_timeout": int(max(timeout, 1))})
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
+        if engine.dialect.name == "sqlite" and (engine.url.database or ":memory:") != ":memory:":
+            # WAL lets a SELECT through while another connection holds the write lock (BEGIN EXCLUSIVE,
+            # a stuck writer): every message would then wait. Probe the write lock (taken and released,
+            # nothing written) so a locked database reports unhealthy.
+            raw = engine.raw_connection()
+            try:
+                raw.driver_connection.isolation_level = None
+                raw.driver_connection.execute("BEGIN IMMEDIATE")
+                raw.driver_connection.execute("ROLLBACK")
+            finally:
+                raw.close()
         return {"ok": True, "url": _hide_password(url), "detail": engine.dialect.name,
                 "ms": round((time.perf_counter() - started) * 1000, 1)}
     except Exception as exc:  # noqa: BLE001

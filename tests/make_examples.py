@@ -10,8 +10,22 @@ import json
 from pathlib import Path
 
 from tests.builders import (
-    CD33, HEIGHT, METHYLPRED, WBC, WEIGHT, BILI, AST, ALT, go_order, message, msh, obx, orc, pid, premed_order,
-    pv1, standard_observations, standard_premeds,
+    ALT,
+    AST,
+    BILI,
+    CD33,
+    HEIGHT,
+    METHYLPRED,
+    WEIGHT,
+    go_order,
+    message,
+    msh,
+    orc,
+    pid,
+    premed_order,
+    pv1,
+    standard_observations,
+    standard_premeds,
 )
 
 OUT = Path(__file__).resolve().parents[1] / "examples"

@@ -9,9 +9,8 @@ import hl7
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.builders import adult_order_set, go_order, run, standard_premeds
+from tests.builders import UTC, adult_order_set, go_order, run, standard_premeds
 from validator import InMemoryStore, load_protocol, process_text
-from tests.builders import UTC
 
 PROTOCOL = load_protocol()
 BASE = adult_order_set("P0001")

@@ -10,8 +10,17 @@ from pathlib import Path
 import pytest
 
 from tests.builders import (
-    BILI, UTC, adult_order_set, go_dose_message, go_order, obx, premed_order, rules_of, run,
-    standard_observations, standard_premeds,
+    BILI,
+    UTC,
+    adult_order_set,
+    go_dose_message,
+    go_order,
+    obx,
+    premed_order,
+    rules_of,
+    run,
+    standard_observations,
+    standard_premeds,
 )
 from validator import InMemoryStore, ProtocolError, load_protocol
 from validator.protocol import BUNDLED_DIR, ProtocolSet, bundled_ids, load_protocol_set, parse_protocol

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import TextIO
 
 from validator import InMemoryStore, Outcome, Store, process_text
+from validator.er7 import decode
 from validator.protocol import ProtocolSet
 from validator.reader import DEFAULT_LIMITS, Limits
-from validator.er7 import decode
 
 
 class UsageError(Exception):

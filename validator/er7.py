@@ -30,7 +30,7 @@ class Encoding:
     subcomponent: str = "&"
 
     @classmethod
-    def from_msh(cls, msh_line: str) -> "Encoding":
+    def from_msh(cls, msh_line: str) -> Encoding:
         if len(msh_line) < 4:
             return cls()
         fs = msh_line[3]
@@ -66,7 +66,11 @@ def unescape(value: str, enc: Encoding) -> str:
             out.append(getattr(enc, _ESCAPE_NAMES[code]))
         elif code.startswith("X") and len(code) > 1:
             try:
-                out.append(bytes.fromhex(code[1:]).decode("latin-1"))
+                data = bytes.fromhex(code[1:])
+                try:  # a UNICODE UTF-8 message escapes é as \XC3A9\; an 8859/1 one as \XE9\ (not UTF-8)
+                    out.append(data.decode("utf-8"))
+                except UnicodeDecodeError:
+                    out.append(data.decode("latin-1"))
             except ValueError:
                 out.append(value[i : end + 1])
         elif code in (".br", "H", "N") or code.startswith((".sp", ".in", ".ti", ".ce", ".fi", ".nf")):
@@ -96,9 +100,21 @@ class Segment:
     enc: Encoding
     occurrence: int = 1  # n-th segment of this name in the message (ERR-2)
     line: str = ""
+    # field n split into repetitions > components > sub-components, on first use: the reader asks
+    # for several components of the same field (a CWE five times), each used to split it again
+    _split: dict[int, list[list[list[str]]]] = field(default_factory=dict, repr=False, compare=False)
 
     def field(self, n: int) -> str:
         return self.fields[n] if n < len(self.fields) else ""
+
+    def _parts(self, n: int, raw: str) -> list[list[list[str]]]:
+        parts = self._split.get(n)
+        if parts is None:
+            enc = self.enc
+            parts = [[comp.split(enc.subcomponent) for comp in rep.split(enc.component)]
+                     for rep in raw.split(enc.repetition)]
+            self._split[n] = parts
+        return parts
 
     def repetitions(self, n: int) -> list[str]:
         raw = self.field(n)
@@ -113,13 +129,13 @@ class Segment:
             return raw if c == 1 else ""
         if not raw:
             return ""
-        reps = raw.split(self.enc.repetition)
+        reps = self._parts(n, raw)
         if rep >= len(reps):
             return ""
-        comps = reps[rep].split(self.enc.component)
+        comps = reps[rep]
         if c > len(comps):
             return ""
-        subs = comps[c - 1].split(self.enc.subcomponent)
+        subs = comps[c - 1]
         if sub > len(subs):
             return ""
         value = subs[sub - 1]

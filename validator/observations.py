@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation, localcontext
+from functools import lru_cache
 
 from .findings import Finding, warning
 from .model import Observation, OrderSet
@@ -21,12 +22,23 @@ from .units import factor, unit_label
 RULE_OBSERVATION_TIME = "go.observation_time"
 
 
+@lru_cache(maxsize=512)
+def _upper_set(values: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(v.upper() for v in values)
+
+
+@lru_cache(maxsize=512)
+def _lower_list(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(v.lower() for v in values)
+
+
 def matches(obs: Observation, match: ObservationMatch) -> bool:
+    # the protocol's code and text lists, case-folded once per distinct list (cached by value)
     code = obs.code.code.strip().upper()
-    if code and code in {c.upper() for c in match.codes}:
+    if code and code in _upper_set(tuple(match.codes)):
         return True
     text = f"{obs.code.text} {obs.code.code}".lower()
-    return any(t.lower() in text for t in match.text_contains)
+    return any(t in text for t in _lower_list(tuple(match.text_contains)))
 
 
 def usable_observations(

@@ -21,12 +21,17 @@ def _hide_password(url: str) -> str:
         return url.split("@")[-1] if "@" in url else url
 
 
-def check_broker(url: str, timeout: float = 2.0) -> dict[str, Any]:
+def check_broker(url: str, timeout: float = 2.0, settings: Settings | None = None) -> dict[str, Any]:
     import redis
 
     started = time.perf_counter()
     try:
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        if settings is not None:  # the service's own client: follows Sentinel when configured
+            from .sentinel import broker_client
+
+            client = broker_client(settings, socket_timeout=timeout, socket_connect_timeout=timeout)
+        else:
+            client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         client.ping()
         version = client.info("server").get("redis_version", "?")
         return {"ok": True, "url": _hide_password(url), "detail": f"redis {version}",
@@ -79,7 +84,7 @@ def health_status(settings: Settings | None = None) -> dict[str, Any]:
     from .embedded import resolve_broker_url
 
     settings = settings or Settings()
-    broker = check_broker(resolve_broker_url(settings))
+    broker = check_broker(resolve_broker_url(settings), settings=settings)
     database = check_database(settings.database_url)
     return {"status": "ok" if broker["ok"] and database["ok"] else "unavailable",
             "broker": broker, "database": database}

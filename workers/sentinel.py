@@ -68,3 +68,15 @@ def master_client(settings: Settings, *, asyncio: bool = False, **kwargs: Any):
                         socket_timeout=kwargs.pop("socket_timeout", settings.broker_sentinel_socket_timeout))
     return sentinel.master_for(settings.broker_sentinel_master, db=settings.broker_sentinel_db,
                                password=settings.broker_sentinel_password or None, **kwargs)
+
+
+def broker_client(settings: Settings, **kwargs: Any):
+    """The redis-py client every part of the service uses for the broker: the Sentinel master when
+    Sentinels are configured, else RXGATE_BROKER_URL (or the embedded / local default)."""
+    if enabled(settings):
+        return master_client(settings, **kwargs)
+    import redis
+
+    from .embedded import resolve_broker_url
+
+    return redis.Redis.from_url(resolve_broker_url(settings), **kwargs)

@@ -37,6 +37,8 @@ def register(sub) -> None:
     serve.add_argument("--no-worker", action="store_true", help="do not start the Celery worker")
     serve.add_argument("--no-bridge", action="store_true", help="do not start the stream bridge")
     serve.add_argument("--no-api", action="store_true", help="do not start the audit API")
+    serve.add_argument("--mllp", action="store_true",
+                       help="also start the MLLP listener (RXGATE_MLLP_HOST / RXGATE_MLLP_PORT)")
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run a Celery worker for rxgate.validate (queue rxgate.orders)")
@@ -109,6 +111,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     env = dict(os.environ, RXGATE_BROKER_URL=url, RXGATE_EMBEDDED="0")
     me = [sys.executable, "-m", "workers.cli"]
+    from .metrics import reset_multiproc_dir
+
+    reset_multiproc_dir()  # metric files of processes that are gone (a previous run)
     children: dict[str, subprocess.Popen] = {}
     if not args.no_worker:
         cmd = [*me, "worker"] + (["--concurrency", str(args.concurrency)] if args.concurrency else [])
@@ -121,6 +126,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "--host", settings.audit_api_host, "--port", str(settings.audit_api_port), "--log-level", "warning",
             "--no-access-log",  # logged URLs could carry patient ids in query strings
         ], env)
+    if args.mllp:
+        children["mllp"] = _spawn([*me, "mllp"], env)
     log.info("rxgate serve: broker %s%s, database %s, %s", _hide(url), " (embedded)" if embedded else "",
              _hide(settings.database_url), ", ".join(f"{k} pid {p.pid}" for k, p in children.items()))
     print(f"rxgate serve: broker {_hide(url)}{' (embedded, under ' + settings.var_dir + '/)' if embedded else ''}; "
@@ -194,8 +201,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_bridge(args: argparse.Namespace) -> int:
     from .bootstrap import backoff_delays, bootstrap
-    from .bridge import Bridge, redis_client, safe_reason
-    from .embedded import resolve_broker_url
+    from .bridge import Bridge, safe_reason
+    from .sentinel import broker_client
 
     settings = _settings()
     _configure_logging(settings)
@@ -212,7 +219,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
             log.warning("bridge: store not available (%s); retrying in %.1f s", safe_reason(exc), delay)
             if stop.wait(delay):
                 return 1
-    client = redis_client(resolve_broker_url(settings))
+    client = broker_client(settings, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
     Bridge(service, client, settings, stop=stop).run()
     return 0
 
@@ -235,6 +242,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     from .bridge import Streams
     from .embedded import resolve_broker_url
+    from .sentinel import broker_client
 
     settings = _settings()
     timeout = args.timeout if args.timeout is not None else settings.submit_timeout
@@ -243,7 +251,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     inputs = read_inputs(args.paths)  # every file read before anything is sent (exit 2 otherwise)
     url = resolve_broker_url(settings)
     streams = Streams.from_settings(settings)
-    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=max(timeout, 5) + 5)
+    client = broker_client(settings, socket_connect_timeout=5, socket_timeout=max(timeout, 5) + 5)
     try:
         client.ping()
         last = client.xrevrange(streams.outbound, count=1)

@@ -308,3 +308,18 @@ def test_history_changed_while_judging_is_judged_again():
     assert store.raced
     assert outcome.result["orders"][0]["order_control"] == "UA"
     assert "go.schedule" in rules_of(outcome.result["orders"][0])
+
+
+def test_orc_without_rxe_is_refused_but_a_bare_cancel_is_fine():
+    store = InMemoryStore()
+    text = adult_order_set("B1", extra_orders=["ORC|NW|EMPTY1||GRP501"])
+    outcome = run(text, store)
+    empty = outcome.result["orders"][-1]
+    assert empty["order_control"] == "UA" and "hl7.structure" in rules_of(empty)
+    assert outcome.result["orders"][0]["order_control"] == "OK"  # the GO order keeps its own outcome
+    cancel = run("\r".join(["MSH|^~\\&|PHARMSYS|GENHOSP|RXGATE|GENHOSP|20261201083000||RDE^O11^RDE_O11|B2|P|2.5.1",
+                            "PID|1||MRN55501^^^GENHOSP^MR||DOE^JANE^A||19660412|F", "ORC|CA|ORD1001"]) + "\r", store)
+    assert cancel.ack_code == "AA" and cancel.result["orders"][0]["order_control"] == "CR"
+    only_orc = run("\r".join(["MSH|^~\\&|PHARMSYS|GENHOSP|RXGATE|GENHOSP|20261201083000||RDE^O11^RDE_O11|B3|P|2.5.1",
+                              "PID|1||MRN9^^^GENHOSP^MR||DOE^JANE^A||19660412|F", "ORC|NW|X1"]) + "\r", store)
+    assert only_orc.ack_code == "AR" and "|101^" in only_orc.response

@@ -110,6 +110,7 @@ class Order(_Model):
     rate_units: Coded = Field(default_factory=Coded)  # RXE-24
     rate_location: Location | None = None
     components: list[Quantity] = []  # RXC-3/4 amounts (volume for the rate)
+    has_give: bool = False  # the group has an RXE, RXO (or OBR): something to validate
     indication: Coded = Coded()  # RXE-27 give indication (may name the protocol)
     notes: list[str] = []  # NTE-3 texts in the order group
     orc_location: Location | None = None

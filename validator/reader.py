@@ -152,7 +152,7 @@ def read_order_set(raw: RawMessage, tz: tzinfo) -> OrderSet:
         elif name == "OBX":
             observations.append(_read_observation(seg, current.order.index if current else None, tz))
     orders = [state.finish(tz) for state in states]
-    if not orders:
+    if not any(o.has_give or o.control in ("CA", "DC") for o in orders):
         raise MessageRejected(
             "hl7.structure", "101", f"{order_set.message_code}^{order_set.trigger_event} has no order group (ORC with RXE/RXO)",
             "ORC", 0,
@@ -198,6 +198,7 @@ class _OrderState:
             order.route = coded(rxrs[0], 1)
             order.route_location = Location(segment="RXR", occurrence=rxrs[0].occurrence, field=1)
         main = self.rxe or self.rxo
+        order.has_give = main is not None or order.drug_location is not None
         order.echo_lines = [reencode(seg) for seg in ([main] if main else []) + rxrs]
         order.timing = _timing(self, tz)
         return order

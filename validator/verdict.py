@@ -88,6 +88,13 @@ def judge(
             cancellation = _cancel(verdict, order_set, history, received_at)
             if cancellation is not None:
                 cancellations.append(cancellation)
+        elif control in NEW_ORDER_CONTROLS and not verdict.order.has_give:
+            verdict.control = "UA"
+            verdict.findings.append(_at(error(
+                "hl7.structure",
+                "order group has an ORC but no RXE or RXO: there is no drug order to validate",
+                verdict.order.orc_location,
+            ), verdict))
         elif control not in NEW_ORDER_CONTROLS:
             verdict.control = "UA"
             verdict.findings.append(

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from .drugs import is_protocol_drug
 from .findings import Finding, error, info
 from .history import Cancellation, HistoryEntry
-from .model import Order, OrderSet
+from .model import Location, Order, OrderSet
 from .observations import usable_observations
 from .protocol import Protocol, ProtocolSet
 from .rules import DOSE_RULES
@@ -134,7 +134,7 @@ def judge(
             verdict.findings.append(_at(error(
                 "go.patient",
                 "the message has no patient identifier (PID-3): the course history cannot be checked",
-                None,
+                Location(segment="PID", occurrence=1, field=3),
             ), verdict))
         dose_protocol = protocols.for_order(order)
         if dose_protocol is None:

@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.test_audit_cli import NY, finding, record
+from tests.test_audit_cli import NY, fill
 from workers.audit_api import _DropQueryStrings, annotate_segments, create_app, outcome_chart
-from workers.sqlstore import open_sql_store
 
 TOKEN = "s3cret-audit-token"
 TOKEN_SHA = hashlib.sha256(TOKEN.encode()).hexdigest()
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def fill(url: str) -> None:
-    store = open_sql_store(url)
-    store.save(record("C1", datetime(2026, 11, 30, 23, 59, 59, tzinfo=NY)))
-    store.save(record("C2", datetime(2026, 12, 1, 0, 0, 0, tzinfo=NY), "AE", [finding("go.dose")]))
-    store.save(record("C3", datetime(2026, 12, 1, 23, 59, 59, tzinfo=NY), "AE",
-                      [finding("go.route", location="RXR-1"), finding("go.dose", "warning")], patient="MRN2"))
-    store.save(record("C4", datetime(2026, 12, 2, 0, 0, 0, tzinfo=NY), "AR",
-                      [finding("hl7.structure", location=None)], patient=""))
-    store.save(record("C5", datetime(2026, 12, 2, 12, 0, tzinfo=NY), "AA", [finding("go.bsa", "info")]))
-    store.dispose()
 
 
 @pytest.fixture

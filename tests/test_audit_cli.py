@@ -47,12 +47,8 @@ def record(control_id: str, received_at: datetime, ack: str = "AA", findings=(),
     )
 
 
-@pytest.fixture
-def db(tmp_path, monkeypatch):
-    """A log in New York time: C1 late on Nov 30 local (Dec 1 UTC), C2 at local midnight Dec 1, ..."""
-    monkeypatch.setenv("RXGATE_TIMEZONE", "America/New_York")
-    monkeypatch.delenv("RXGATE_DATABASE_URL", raising=False)
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
+def fill(url: str) -> None:
+    """Five records: C1 late on Nov 30 (New York), C2 at local midnight Dec 1, C3 late Dec 1, C4 (AR) and C5 Dec 2."""
     store = open_sql_store(url)
     store.save(record("C1", datetime(2026, 11, 30, 23, 59, 59, tzinfo=NY)))
     store.save(record("C2", datetime(2026, 12, 1, 0, 0, 0, tzinfo=NY), "AE", [finding("go.dose")]))
@@ -62,6 +58,15 @@ def db(tmp_path, monkeypatch):
                       [finding("hl7.structure", location=None)], patient=""))
     store.save(record("C5", datetime(2026, 12, 2, 12, 0, tzinfo=NY), "AA", [finding("go.bsa", "info")]))
     store.dispose()
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    """A log in New York time: C1 late on Nov 30 local (Dec 1 UTC), C2 at local midnight Dec 1, ..."""
+    monkeypatch.setenv("RXGATE_TIMEZONE", "America/New_York")
+    monkeypatch.delenv("RXGATE_DATABASE_URL", raising=False)
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    fill(url)
     return url
 
 

@@ -101,6 +101,7 @@ class Order(_Model):
     amount: Decimal | None = None  # RXE-3, else RXO-2
     amount_raw: str = ""
     amount_max: Decimal | None = None  # RXE-4 (RXO-3)
+    amount_max_raw: str = ""  # RXE-4 as sent (an unreadable maximum is refused by go.dose)
     amount_units: Coded = Field(default_factory=Coded)  # RXE-5, else RXO-4
     amount_location: Location | None = None
     route: Coded | None = None  # RXR-1

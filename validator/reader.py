@@ -255,7 +255,7 @@ def _read_give(order: Order, seg: Segment, drug_field: int) -> None:
     order.drug = coded(seg, drug_field)
     order.drug_location = Location(segment=seg.name, occurrence=seg.occurrence, field=drug_field)
     order.amount_raw, order.amount = _single_number(seg, drug_field + 1)
-    order.amount_max = _single_number(seg, drug_field + 2)[1]
+    order.amount_max_raw, order.amount_max = _single_number(seg, drug_field + 2)
     order.amount_units = coded(seg, drug_field + 3)
     order.amount_location = Location(segment=seg.name, occurrence=seg.occurrence, field=drug_field + 1)
 

@@ -166,8 +166,10 @@ def judge(
             accepted_now.append(_history_entry(order, order_set, dose_protocol, protocol_order=True))
 
     # Premedications prepare one GO dose; refusing the dose refuses them too.
-    refused_doses = {v.order.index for v in go_doses if v.control == "UA"}
-    belongs = belonging_premedications(order_set, [v.order for v in go_doses], protocol)
+    # A GO order refused before judging (unprocessed ORC-1, no RXE) is a refused GO dose too.
+    refused_early = [v for v in verdicts if v.protocol_order and v.control == "UA" and v not in go_doses]
+    refused_doses = {v.order.index for v in go_doses + refused_early if v.control == "UA"}
+    belongs = belonging_premedications(order_set, [v.order for v in go_doses + refused_early], protocol)
     for verdict in to_judge:
         if verdict.protocol_order:
             continue

@@ -183,8 +183,25 @@ class Judged:
     findings: list[Finding]
 
 
+def _unit_kind(ctx: DoseContext, units: Coded) -> tuple[bool, Decimal | None]:
+    """(per m², mg factor): the identifier of RXE-5 decides, else its text (go-protocol.md, Units).
+
+    `mg^mg/m2` is mg: a text must not turn a mass dose into a per-m² one (or the reverse).
+    """
+    for candidate in (units.code, units.text):
+        if candidate.strip():
+            one = Coded(code=candidate)
+            if is_one_of(one, ctx.protocol.units.per_m2_dose):
+                return True, None
+            mass = factor(one, ctx.protocol.units.mass_mg)
+            if mass is not None:
+                return False, mass
+    return False, None
+
+
 def _unit_known(ctx: DoseContext, units: Coded) -> bool:
-    return is_one_of(units, ctx.protocol.units.per_m2_dose) or factor(units, ctx.protocol.units.mass_mg) is not None
+    per_m2, mass = _unit_kind(ctx, units)
+    return per_m2 or mass is not None
 
 
 def _judge_amount(
@@ -194,8 +211,7 @@ def _judge_amount(
     params = ctx.protocol.dose
     severity, tolerance, cap = params.severity, params.tolerance_percent, params.max_mg_per_dose
     unit = unit_label(units)
-    per_m2 = is_one_of(units, ctx.protocol.units.per_m2_dose)
-    mass_factor = None if per_m2 else factor(units, ctx.protocol.units.mass_mg)
+    per_m2, mass_factor = _unit_kind(ctx, units)
     per_m2_text = f"{_plain(params.mg_per_m2)} mg/m²"
     if not _unit_known(ctx, units):
         return Judged(None, None, None, [finding(
@@ -289,6 +305,12 @@ def check(ctx: DoseContext) -> list[Finding]:
     if judged.deviation is not None:
         ctx.computed["dose_deviation_percent"] = str(judged.deviation)
 
+    if order.amount_max is None and order.amount_max_raw.strip():
+        # An RXE-4 maximum that is sent but is not a number cannot be shown to pass (safe reading: refuse).
+        max_where = where.model_copy(update={"field": where.field + 1})
+        findings.append(finding(RULE_ID, params.severity,
+                                f"maximum dose {order.amount_max_raw!r} ({max_where.short()}) is not a number; "
+                                f"expected {_plain(params.mg_per_m2)} mg/m² × BSA", max_where))
     if order.amount_max is not None and order.amount_max != order.amount and _unit_known(ctx, order.amount_units):
         # RXE-4 (RXO-3): the order allows up to this amount, so it must pass as well.
         max_where = where.model_copy(update={"field": where.field + 1})

@@ -28,8 +28,10 @@ RULE_ID = "go.eligibility"
 def age_in_years(birth: date | None, start: datetime | None, tz: tzinfo) -> int | None:
     if birth is None or start is None:
         return None
-    on = start.astimezone(tz).date()
-    return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
+    # The start's date in the service's zone, and as sent with its own UTC offset: where the two
+    # differ (an evening start near a birthday), the lower age is the safe reading.
+    dates = {start.astimezone(tz).date(), start.date()}
+    return min(on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day)) for on in dates)
 
 
 def check(ctx: DoseContext) -> list[Finding]:

@@ -36,6 +36,9 @@ ERROR_TEXTS = {
     "203": "Unsupported version id",
     "207": "Application internal error",
 }
+# contract.md §2: ERR-3 is 207 for protocol rules, a structure code (table 0357) for the hl7.* findings
+# of a processed message.
+HL7_RULE_CODES = {"hl7.structure": "101", "hl7.order_control": "103"}
 _ASCII = {"²": "2", "³": "3", "×": "x", "µ": "u", "μ": "u", "≥": ">=", "≤": "<=", "−": "-", "–": "-", "—": "-",
           "±": "+/-", "°": " deg", "→": "->", "’": "'", "‘": "'", "“": '"', "”": '"', "√": "sqrt"}
 
@@ -92,7 +95,7 @@ def _err(found: Finding, location: Location | None, version: tuple[int, ...], co
 def _msa(ack: str, control_id: str, reason: str, version: tuple[int, ...]) -> str:
     fields = ["MSA", ack, escape(control_id)]
     if ack != "AA" and version < (2, 7):
-        fields.append(escape(to_ascii(reason))[:80])
+        fields.append(escape(to_ascii(reason)[:80]))  # cut before escaping: never half an escape sequence
     return "|".join(fields)
 
 
@@ -121,7 +124,7 @@ def build_response(judgement: Judgement, now: datetime, processing: str = "P") -
         location = found.location
         if location is None and found.order_index is not None:
             location = order_set.orders[found.order_index].orc_location
-        lines.append(_err(found, location, vt))
+        lines.append(_err(found, location, vt, HL7_RULE_CODES.get(found.rule, "207")))
     if order_set.pid_line:
         lines.append(order_set.pid_line)
     for verdict in judgement.orders:

@@ -88,6 +88,19 @@ def _judge(ctx: DoseContext, test: LiverTest, start: datetime) -> Finding | None
     if obs is None:
         return info(RULE_ID, f"{choice.problem}; {test.name} cannot be checked against "
                     f"{num(test.max_uln_multiple)} × ULN", choice.location or ctx.dose.drug_location)
+    # Several results with the same, latest time: the worst is reported (the safe reading).
+    pool = coded if obs in coded else by_text
+    tied = [o for o in pool if o.observed_at == obs.observed_at]
+    results = [_judge_result(ctx, test, o) for o in tied]
+    worst = next((i for i, r in enumerate(results) if r is not None and r.severity != "info"),
+                 next((i for i, r in enumerate(results) if r is not None), None))
+    if worst is not None and worst != len(tied) - 1:
+        _judge_result(ctx, test, tied[worst])  # its computed values are the ones kept
+    return None if worst is None else results[worst]
+
+
+def _judge_result(ctx: DoseContext, test: LiverTest, obs: Observation) -> Finding | None:
+    params = ctx.protocol.liver
     assert obs.observed_at is not None
     dated = when(obs.observed_at, ctx.tz)
     unit = unit_label(obs.units) if (obs.units.code or obs.units.text) else ""

@@ -34,6 +34,7 @@ Accepted (WBC 8.4 × 10⁹/L, 28 h before a 2026-12-01 10:00 start)::
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from ..drugs import drug_matches, is_hydroxyurea, is_protocol_drug
 from ..findings import Finding, finding, info, warning
@@ -91,6 +92,20 @@ def _candidates(ctx: DoseContext) -> tuple[list[Observation], list[Observation],
             continue
         by_text.append(obs)
     return preferred, by_text, notes
+
+
+def _severity_key(obs: Observation, table: dict[str, Decimal]) -> tuple[int, Decimal]:
+    """Order equally recent WBC results: unreadable (no number, unknown unit, negative, odd comparator)
+    first, then lower bounds (`>x`), then the highest count."""
+    unit_factor = factor(obs.units, table)
+    if obs.quantity is None or unit_factor is None or obs.quantity.value < 0:
+        return (3, Decimal(0))
+    comparator = obs.quantity.comparator.strip()
+    if comparator not in ("", "=", "<", "<=", ">", ">="):
+        return (3, Decimal(0))
+    if comparator in (">", ">="):
+        return (2, obs.quantity.value * unit_factor)
+    return (1, obs.quantity.value * unit_factor)
 
 
 def _cytoreduction(ctx: DoseContext, start: datetime) -> tuple[list[str], list[str]]:
@@ -157,6 +172,10 @@ def check(ctx: DoseContext) -> list[Finding]:
                                 f"{choice.problem}; a blood WBC within {limit} before the GO start is required",
                                 choice.location or ctx.dose.drug_location))
         return findings
+    # Several results with the same, latest time: the worst one is judged (the safe reading).
+    pool = preferred if obs in preferred else by_text
+    obs = max((o for o in pool if o.observed_at == obs.observed_at),
+              key=lambda o: _severity_key(o, ctx.protocol.units.wbc_10e9_per_l))
     assert obs.observed_at is not None
     dated = when(obs.observed_at, ctx.tz)
     if obs.quantity is None:
@@ -169,6 +188,11 @@ def check(ctx: DoseContext) -> list[Finding]:
                                 f"WBC unit {unit_label(obs.units)!r} (value {obs.raw_value}, observed {dated}) is not "
                                 f"a known count unit: the count cannot be compared with {threshold}",
                                 obs.location.model_copy(update={"field": 6})))
+        return findings
+    if obs.quantity.value < 0:
+        findings.append(finding(RULE_ID, params.severity,
+                                f"WBC value {obs.raw_value!r} (observed {dated}) is negative: not a valid count",
+                                obs.location))
         return findings
     comparator = obs.quantity.comparator.strip()
     wbc = obs.quantity.value * unit_factor

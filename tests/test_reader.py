@@ -160,3 +160,19 @@ def test_amount_with_repetitions_or_components_is_not_a_number():
         assert go["order_control"] == "UA" and "go.dose" in rules_of(go), dose
     outcome = run(adult_order_set(go=go_order(duration="240^min~999^min")))
     assert "go.infusion" in rules_of(outcome.result["orders"][0])
+
+
+def test_structured_numeric_forms_that_are_not_a_plain_number():
+    from tests.builders import WBC, go_order, obx, rules_of, run, standard_observations
+
+    def wbc_outcome(value: str, value_type: str = "SN"):
+        obs = standard_observations()
+        obs[2] = obx(3, WBC, value, "10*9/L^10*9/L^UCUM", value_type=value_type)
+        return run(adult_order_set(go=go_order(observations=obs))).result["orders"][0]
+
+    assert "go.wbc" in rules_of(wbc_outcome("^25^+"))  # 25 or more: may be >= 30, cytoreduction needed
+    assert "go.wbc" in rules_of(wbc_outcome("^1^:^10"))  # a ratio is not a count
+    assert "go.wbc" in rules_of(wbc_outcome("8~45", "NM"))  # two values: which one is meant is unknown
+    assert wbc_outcome("^8.4").get("order_control") == "OK"
+    order_set = read(adult_order_set(go=go_order(observations=[obx(1, WBC, "^25^+", "", value_type="SN")])))
+    assert order_set.observations[0].quantity.comparator == ">="

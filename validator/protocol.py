@@ -134,6 +134,8 @@ class Cd33(_Strict):
     min_percent: Decimal
     max_age_days: Decimal
     match: ObservationMatch
+    # An OBX whose text names one of these is not a CD33-positive percentage ("CD33 negative blasts").
+    exclude_text_contains: list[str] = []
     severity: Severity = "error"
 
 

@@ -334,10 +334,17 @@ def _read_observation(seg: Segment, order_index: int | None, tz: tzinfo) -> Obse
     units = coded(seg, 6)
     raw_value = seg.field(5)
     quantity: Quantity | None = None
-    if value_type == "SN":
+    if len([r for r in seg.repetitions(5) if r.strip()]) > 1 and value_type in ("NM", "SN", ""):
+        pass  # several numbers in one result (8~45): which one is meant cannot be known -> no number
+    elif value_type == "SN":
+        # SN: comparator ^ num1 ^ separator/suffix ^ num2. "25^+" is "25 or more" (a lower bound);
+        # "1^:^10" or "1^/^10" is a ratio, not a count; "30^-^40" a range, read as its lower value.
         comparator = seg.component(5, 1)
         first = decimal_or_none(seg.component(5, 2))
-        if first is not None:
+        separator = seg.component(5, 3)
+        if separator == "+" and not comparator:
+            comparator = ">="
+        if first is not None and separator in ("", "-", "+"):
             quantity = Quantity(value=first, unit=units, comparator=comparator)
     else:
         text = seg.component(5, 1) if value_type in ("NM", "") else _leaf_text(seg, 5)

@@ -198,3 +198,13 @@ def test_result_dated_after_the_start_is_not_the_pre_dose_value():
 def test_only_failing_rule_is_cd33():
     judgement = judge_cd33(cd33_obx("10"))
     assert rules_of(judgement.orders[0], "error") == {"go.cd33"}
+
+
+def test_an_obx_about_cd33_negative_blasts_is_not_cd33_positive_evidence():
+    """Safe reading: "CD33 negative blasts 72 %" means 28 % positive at best; it never satisfies go.cd33."""
+    from tests.builders import adult_order_set, go_order, obx, rules_of, run, standard_observations
+
+    obs = standard_observations()
+    obs[3] = obx(4, "CD33NEG^CD33 negative blasts (flow cytometry)^L", "72", "%^percent^UCUM", time="20261115120000")
+    go = run(adult_order_set(go=go_order(observations=obs))).result["orders"][0]
+    assert go["order_control"] == "UA" and "go.cd33" in rules_of(go)

@@ -303,10 +303,20 @@ def test_blood_text_match_counts_when_no_preferred_code_exists():
     the_error(judge_wbc(wbc_obx("31", code="LWBC^WBC count^L")))
 
 
-def test_preferred_code_is_used_before_a_newer_text_match():
+def test_a_newer_text_matched_count_is_not_hidden_behind_an_older_coded_one():
+    """Safe reading of "LOINC first": the most recent blood WBC is judged; an older coded 8.4 must not
+    hide a newer 45 (which needs cytoreduction)."""
     judgement = judge_wbc(wbc_obx("8.4", time="20261130060000"),
                           wbc_obx("45", code="LWBC^WBC count^L", time="20261201060000", set_id=9))
+    assert judgement.orders[0].control == "UA"
+    assert judgement.orders[0].computed["wbc_10e9_per_l"] == "45"
+
+
+def test_preferred_code_wins_over_a_text_match_of_an_older_time():
+    judgement = judge_wbc(wbc_obx("8.4", time="20261201060000"),
+                          wbc_obx("9.1", code="LWBC^WBC count^L", time="20261130060000", set_id=9))
     assert_accepted_silently(judgement)
+    assert judgement.orders[0].computed["wbc_10e9_per_l"] == "8.4"
 
 
 def test_text_match_is_used_when_the_preferred_result_is_too_old():

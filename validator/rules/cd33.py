@@ -33,7 +33,7 @@ from ..model import Location, Observation
 from ..observations import matches
 from ..units import is_one_of, unit_label
 from .base import DoseContext, Rule
-from .labs import SECONDS_PER_DAY, exact_duration, limit_text, num, recent_result, when
+from .labs import SECONDS_PER_DAY, exact_duration, limit_text, num, recent_result, text_mentions, when
 
 RULE_ID = "go.cd33"
 
@@ -90,7 +90,11 @@ def check(ctx: DoseContext) -> list[Finding]:
     if ctx.start is None:
         return []  # go.schedule reports the missing start
     limit = limit_text(params.max_age_days, in_days=True)
-    candidates = [o for o in ctx.observations if matches(o, params.match)]
+    candidates = [
+        o for o in ctx.observations
+        if matches(o, params.match)
+        and not any(text_mentions(o.code.text, word) for word in params.exclude_text_contains)
+    ]
     choice = recent_result(candidates, ctx.start, exact_duration(params.max_age_days, SECONDS_PER_DAY),
                            what="CD33", limit=limit, tz=ctx.tz, in_days=True)
     if choice.observation is None:

@@ -3,8 +3,9 @@
 The WBC is the most recent blood result observed (OBX-14) at or before the GO
 start and no more than `wbc.max_age_hours` before it (an exact duration,
 inclusive: 72 h 0 s passes, 72 h 1 s does not). Results coded with
-`wbc.preferred_codes` (LOINC 6690-2, 26464-8) are used first: when one of them
-is within the window, text matches are not looked at. A text match
+`wbc.preferred_codes` (LOINC 6690-2, 26464-8) win over text matches of the same
+time, but a newer text-matched blood count is never hidden behind an older coded
+one (the safe reading); of several results at the latest time the worst counts. A text match
 (`wbc.text_contains` on OBX-3) counts only when neither OBX-3 nor OBX-6
 mentions a `wbc.exclude_specimen_words` word (urine, CSF, fluid, stool, /HPF):
 such an OBX is not a blood count and is ignored with an `info` (as is a text
@@ -164,8 +165,14 @@ def check(ctx: DoseContext) -> list[Finding]:
     def recent(candidates: list[Observation]) -> LabChoice:
         return recent_result(candidates, start, window, what="WBC", limit=limit, tz=ctx.tz, in_days=False)
 
-    # Preferred LOINC codes first; a text match only when no coded result is within the window.
-    choice = first_usable(recent(preferred), recent(by_text))
+    # The most recent blood WBC counts (the safe reading of "LOINC first": a newer text-matched count
+    # is not hidden behind an older coded one); coded results win only at equal times.
+    coded, texted = recent(preferred), recent(by_text)
+    if coded.observation is not None and texted.observation is not None:
+        newer_text = texted.observation.observed_at > coded.observation.observed_at  # type: ignore[operator]
+        choice = texted if newer_text else coded
+    else:
+        choice = first_usable(coded, texted)
     obs = choice.observation
     if obs is None:
         findings.append(finding(RULE_ID, params.severity,
@@ -173,8 +180,7 @@ def check(ctx: DoseContext) -> list[Finding]:
                                 choice.location or ctx.dose.drug_location))
         return findings
     # Several results with the same, latest time: the worst one is judged (the safe reading).
-    pool = preferred if obs in preferred else by_text
-    obs = max((o for o in pool if o.observed_at == obs.observed_at),
+    obs = max((o for o in preferred + by_text if o.observed_at == obs.observed_at),
               key=lambda o: _severity_key(o, ctx.protocol.units.wbc_10e9_per_l))
     assert obs.observed_at is not None
     dated = when(obs.observed_at, ctx.tz)

@@ -154,6 +154,7 @@ def test_unknown_protocol_code_is_refused():
     outcome = run(with_indication(adult_order_set("P3"), "GO-NOSUCH"), protocol=both())
     go = outcome.result["orders"][0]
     assert go["order_control"] == "UA" and "go.protocol" in rules_of(go)
+    assert next(f for f in go["findings"] if f["rule"] == "go.protocol")["location"] == "RXE-27"
 
 
 def test_other_indications_do_not_name_a_protocol():

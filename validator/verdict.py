@@ -143,7 +143,7 @@ def judge(
                 "go.protocol",
                 f"the order names protocol {protocols.requested_code(order)!r} ({protocols.field}), which this "
                 f"service does not know (known: {', '.join(sorted(p.id for p in protocols.protocols))})",
-                None,
+                _selector_location(order, protocols.field),
             ), verdict))
             continue
         ctx = DoseContext(
@@ -216,6 +216,15 @@ def judge(
         new_orders=new_orders,
         cancellations=cancellations,
     )
+
+
+def _selector_location(order: Order, field: str) -> Location | None:
+    """Where the order named its protocol: RXE-27, ORC-4, or the order's ORC for an NTE tag."""
+    if field == "RXE-27" and order.drug_location is not None:
+        return order.drug_location.model_copy(update={"field": 27})
+    if field == "ORC-4" and order.orc_location is not None:
+        return order.orc_location.model_copy(update={"field": 4})
+    return order.orc_location
 
 
 def _started(entry: HistoryEntry, at: datetime) -> bool:

@@ -176,3 +176,18 @@ def test_structured_numeric_forms_that_are_not_a_plain_number():
     assert wbc_outcome("^8.4").get("order_control") == "OK"
     order_set = read(adult_order_set(go=go_order(observations=[obx(1, WBC, "^25^+", "", value_type="SN")])))
     assert order_set.observations[0].quantity.comparator == ">="
+
+
+def test_unreadable_tq_duration_is_refused_not_skipped():
+    from tests.builders import rules_of, run
+
+    for duration in ("INDEF", "X240"):
+        lines = [
+            msh("V23D", version="2.3", message_type="ORM^O01"),
+            "PID|1||MRN1^^^H^MR||DOE^J||19660412|F",
+            f"ORC|NW|P1||G1|||^^{duration}^20261201100000^20261201140000",
+            "RXO|1294580^gemtuzumab ozogamicin^RXNORM|15.2||mg",
+        ]
+        go = run("\r".join(lines) + "\r").result["orders"][0]
+        assert go["order_control"] == "UA" and "go.infusion" in rules_of(go), duration
+        assert any(f["rule"] == "go.infusion" and f["location"] == "ORC-7" for f in go["findings"]), duration

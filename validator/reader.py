@@ -295,6 +295,10 @@ def _timing(state: _OrderState, tz: tzinfo) -> Timing:
             timing.end_location = Location(segment=seg.name, occurrence=seg.occurrence, field=n)
         if timing.service_duration is None:
             m = _TQ_DURATION.match(seg.component(n, 3))
+            if seg.component(n, 3) and not m:
+                # a duration sent but unreadable (INDEF, X240): located without a value, so go.infusion
+                # refuses it rather than judging the other sources alone
+                timing.duration_location = Location(segment=seg.name, occurrence=seg.occurrence, field=n)
             if m:
                 timing.service_duration = Quantity(
                     value=Decimal(m.group(2)), unit=Coded(code=_TQ_DURATION_UNITS[m.group(1).upper()])

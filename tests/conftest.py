@@ -67,3 +67,13 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_url")
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(db_url):
+    """An SQL store on SQLite and on the real PostgreSQL (via db_url), disposed after the test."""
+    from workers.sqlstore import open_sql_store
+
+    s = open_sql_store(db_url)
+    yield s
+    s.dispose()

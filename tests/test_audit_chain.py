@@ -20,13 +20,6 @@ WHEN = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
 
 
 @pytest.fixture
-def store(db_url):
-    s = open_sql_store(db_url)
-    yield s
-    s.dispose()
-
-
-@pytest.fixture
 def filled(store):
     """Four records: accepted, refused (AE), accepted, refused."""
     protocol = load_protocol()

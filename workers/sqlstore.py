@@ -117,6 +117,15 @@ def _utc_iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+def _key_matches(key: MessageKey) -> tuple:
+    """WHERE clauses selecting the message_keys row of (MSH-3, MSH-4, MSH-10)."""
+    return (
+        MessageKeyRow.sending_application == _clean(key.sending_application),
+        MessageKeyRow.sending_facility == _clean(key.sending_facility),
+        MessageKeyRow.control_id == _clean(key.control_id),
+    )
+
+
 def _clean(value: str | None) -> str | None:
     """PostgreSQL text cannot hold NUL: replace it (the raw message itself is kept as bytes)."""
     return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
@@ -461,13 +470,7 @@ class SqlStore:
 
     def answer_for(self, key: MessageKey) -> StoredAnswer | None:
         with self.read_session() as s:
-            row = s.execute(
-                select(MessageKeyRow).where(
-                    MessageKeyRow.sending_application == _clean(key.sending_application),
-                    MessageKeyRow.sending_facility == _clean(key.sending_facility),
-                    MessageKeyRow.control_id == _clean(key.control_id),
-                )
-            ).scalar_one_or_none()
+            row = s.execute(select(MessageKeyRow).where(*_key_matches(key))).scalar_one_or_none()
             if row is None:
                 return None
             return StoredAnswer(content_sha256=row.content_sha256, result=json.loads(row.result))
@@ -505,13 +508,7 @@ class SqlStore:
                 key_row = None
                 if processed.key is not None:
                     k = processed.key
-                    taken = s.execute(
-                        select(MessageKeyRow.id).where(
-                            MessageKeyRow.sending_application == _clean(k.sending_application),
-                            MessageKeyRow.sending_facility == _clean(k.sending_facility),
-                            MessageKeyRow.control_id == _clean(k.control_id),
-                        )
-                    ).first()
+                    taken = s.execute(select(MessageKeyRow.id).where(*_key_matches(k))).first()
                     if taken is not None:
                         raise KeyTaken((k.sending_application, k.sending_facility, k.control_id))
                 seq, prev_hash = self._next_seq(s)
@@ -590,13 +587,7 @@ class SqlStore:
 
     def record_delivery(self, key: MessageKey, received_at: datetime) -> None:
         with self._sessions.begin() as s:
-            key_id = s.execute(
-                select(MessageKeyRow.id).where(
-                    MessageKeyRow.sending_application == _clean(key.sending_application),
-                    MessageKeyRow.sending_facility == _clean(key.sending_facility),
-                    MessageKeyRow.control_id == _clean(key.control_id),
-                )
-            ).scalar_one_or_none()
+            key_id = s.execute(select(MessageKeyRow.id).where(*_key_matches(key))).scalar_one_or_none()
             if key_id is None:
                 log.warning("delivery of an unknown message key control_id=%s not recorded", key.control_id)
                 return

@@ -33,13 +33,6 @@ TABLES = {"audit_chain", "messages", "verdicts", "findings", "responses", "messa
 WHEN = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
 
 
-@pytest.fixture
-def store(db_url):
-    s = open_sql_store(db_url)
-    yield s
-    s.dispose()
-
-
 def process(text_: str, store, when: datetime = WHEN):
     return process_text(text_, store, load_protocol(), tz=UTC, received_at=when)
 

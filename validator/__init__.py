@@ -5,12 +5,13 @@ ports (`validator.history.Store`) implemented in `workers/`.
 """
 
 from .errors import MessageRejected, ProtocolError
-from .history import InMemoryStore, Store
+from .history import BatchedStore, InMemoryStore, Store
 from .protocol import Protocol, load_protocol
 from .service import Outcome, process_message, process_text
 from .verdict import Judgement, judge
 
 __all__ = [
+    "BatchedStore",
     "InMemoryStore",
     "Judgement",
     "MessageRejected",

@@ -112,12 +112,68 @@ class Store(PortProtocol):
     def record_delivery(self, key: MessageKey, received_at: datetime) -> None:
         """Log one more delivery of an already answered message."""
 
+    def save_all(self, batch: list[ProcessedMessage], deliveries: list[tuple[MessageKey, datetime]] = ()) -> None:
+        """`save` of every message in order and `record_delivery` of every delivery, atomically: all or nothing."""
+
+
+class BatchedStore:
+    """A `Store` that holds the writes of several messages and hands them to `save_all` on `flush()`.
+
+    The stream bridge reads up to 100 entries at a time: one transaction (one chain lock, one
+    commit) for all of them instead of one each is what keeps a backlog replay fast with several
+    workers. Reads see only what is written, so a message whose patient or message key has a held
+    write flushes first: every message is still judged on the written course history. `KeyTaken`
+    and `HistoryChanged` come from `flush()` (nothing of the held writes is then written). Answers
+    may be published only for writes counted in `written`.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.held: list[ProcessedMessage] = []
+        self.deliveries: list[tuple[MessageKey, datetime]] = []
+        self._patients: set[str] = set()
+        self._keys: set[tuple[str, str, str]] = set()
+        self.staged = 0  # writes handed to this store so far (messages and deliveries)
+        self.written = 0  # of those, how many are written
+
+    def answer_for(self, key: MessageKey) -> StoredAnswer | None:
+        if InMemoryStore._slot(key) in self._keys:
+            self.flush()
+        return self.store.answer_for(key)
+
+    def orders_for(self, patient_key: str) -> list[HistoryEntry]:
+        if patient_key in self._patients:
+            self.flush()
+        return self.store.orders_for(patient_key)
+
+    def save(self, processed: ProcessedMessage) -> None:
+        if processed.key is not None:
+            self._keys.add(InMemoryStore._slot(processed.key))
+        if processed.patient_key:
+            self._patients.add(processed.patient_key)
+        self.held.append(processed)
+        self.staged += 1
+
+    def record_delivery(self, key: MessageKey, received_at: datetime) -> None:
+        self.deliveries.append((key, received_at))
+        self.staged += 1
+
+    def flush(self) -> None:
+        if not self.held and not self.deliveries:
+            return
+        held, deliveries, staged = self.held, self.deliveries, self.staged
+        self.held, self.deliveries = [], []
+        self._patients.clear()
+        self._keys.clear()
+        self.store.save_all(held, deliveries)  # raises: the held writes are dropped, never written
+        self.written = staged
+
 
 class InMemoryStore:
     """The store of one `rxgate check` run without `--db`, and of the unit tests."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # save_all calls save
         self.answers: dict[tuple[str, str, str], StoredAnswer] = {}
         self.orders: dict[str, list[HistoryEntry]] = {}
         self.removed: list[HistoryEntry] = []
@@ -158,3 +214,19 @@ class InMemoryStore:
     def record_delivery(self, key: MessageKey, received_at: datetime) -> None:
         with self._lock:
             self.deliveries.append((key, received_at))
+
+    def save_all(self, batch: list[ProcessedMessage], deliveries: list[tuple[MessageKey, datetime]] = ()) -> None:
+        with self._lock:
+            slots = [self._slot(p.key) for p in batch if p.key is not None]
+            taken = [slot for slot in slots if slot in self.answers]
+            if taken or len(set(slots)) < len(slots):
+                raise KeyTaken(taken[0] if taken else slots[0])  # nothing written
+            before = ({k: list(v) for k, v in self.orders.items()}, dict(self.answers), list(self.removed),
+                      list(self.audit), list(self.deliveries))
+            try:
+                for processed in batch:
+                    self.save(processed)
+            except BaseException:
+                self.orders, self.answers, self.removed, self.audit, self.deliveries = before  # all or nothing
+                raise
+            self.deliveries.extend(deliveries)

@@ -33,14 +33,20 @@ class Service:
     store: Store
     extras: dict[str, Any] = field(default_factory=dict)
 
-    def process(self, message: str | bytes, received_at: datetime | None = None) -> list[Outcome]:
-        """Every message of one queue entry, in order (process_text never raises for bad input)."""
+    def process(self, message: str | bytes, received_at: datetime | None = None,
+                store: Store | None = None, observe: bool = True) -> list[Outcome]:
+        """Every message of one queue entry, in order (process_text never raises for bad input).
+
+        `store`: instead of the service's own, e.g. a `BatchedStore` over it (the stream bridge, which
+        then counts the outcomes in the metrics itself once they are written: `observe=False`).
+        """
         text = decode(message) if isinstance(message, bytes) else message
         started = time.perf_counter()
         outcomes = process_text(
-            text, self.store, self.protocol, tz=self.tz, received_at=received_at, limits=self.settings.limits
+            text, store or self.store, self.protocol, tz=self.tz, received_at=received_at, limits=self.settings.limits
         )
-        metrics.observe(outcomes, time.perf_counter() - started)  # never raises
+        if observe:
+            metrics.observe(outcomes, time.perf_counter() - started)  # never raises
         return outcomes
 
 

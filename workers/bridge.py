@@ -29,6 +29,7 @@ one million responses: keep it well above the backlog of the slowest reader);
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -40,8 +41,10 @@ from typing import Any
 import redis
 
 from validator.er7 import decode, split_messages
+from validator.history import BatchedStore
 from validator.reader import read_header
 from validator.response import build_rejection
+from validator.service import Outcome
 
 from . import metrics
 from .bootstrap import Service, backoff_delays, default_consumer_name, is_transient
@@ -210,6 +213,8 @@ class Bridge:
         batch = _Batch()
         remaining = [i for i, _ in entries]
         try:
+            if len(entries) > 1 and self.settings.store_batch > 1:
+                entries = self._handle_together(entries, batch, remaining)
             for entry_id, fields in entries:
                 if self.stop.is_set():
                     break  # shutting down: answer what is finished, leave the rest pending
@@ -220,6 +225,63 @@ class Bridge:
         finally:
             self.commit(batch)
             self._unfinished = remaining
+
+    def _handle_together(self, entries: list[tuple[str, dict]], batch: _Batch,
+                         remaining: list[str]) -> list[tuple[str, dict]]:
+        """Process entries with their store writes held and written together (`validator.history.BatchedStore`):
+        one transaction per `store_batch` entries or `store_batch_seconds`, whichever comes first, each
+        followed by the answers of the entries it wrote (so a long read does not hold back early answers).
+
+        Returns the entries left for `_handle_one`: all of them from the first that cannot be done this
+        way (no hl7 field, shutting down) or whose writes failed. A failed write wrote nothing of its
+        batch (a KeyTaken, a HistoryChanged, the database down), so those entries are processed again
+        one by one, with the retries and dead letters of that path; entries written before it keep
+        their answers (a redelivery of them would get the stored answer anyway).
+        """
+        staged = BatchedStore(self.service.store)
+        done: list[tuple[str, list[Outcome], float, int]] = []  # entry, outcomes, seconds, writes staged up to it
+        answered = 0
+
+        def answer_written() -> None:
+            nonlocal done, answered
+            written = [d for d in done if d[3] <= staged.written]
+            for entry_id, outcomes, seconds, _ in written:
+                metrics.observe(outcomes, seconds)
+                batch.add(entry_id, [o.result for o in outcomes])
+                remaining.remove(entry_id)
+            done = done[len(written):]
+            answered += len(written)
+            self.commit(batch)  # a Redis fault propagates: nothing more is acked, the entries stay pending
+            batch.ops.clear()
+
+        # the SQL store: this batch's reads share one connection
+        reads_together = getattr(self.service.store, "reads_together", contextlib.nullcontext)
+        try:
+            with reads_together():
+                opened = time.monotonic()
+                for entry_id, fields in entries:
+                    hl7 = fields.get(b"hl7", fields.get("hl7"))
+                    if hl7 is None or self.stop.is_set():
+                        break
+                    text = decode(hl7) if isinstance(hl7, bytes) else str(hl7)
+                    started = time.perf_counter()
+                    outcomes = self.service.process(text, received_at=entry_time(entry_id, self.service.tz),
+                                                    store=staged, observe=False)
+                    done.append((entry_id, outcomes, time.perf_counter() - started, staged.staged))
+                    if len(staged.held) >= self.settings.store_batch \
+                            or time.monotonic() - opened >= self.settings.store_batch_seconds:
+                        staged.flush()
+                        answer_written()
+                        opened = time.monotonic()
+                staged.flush()
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the unwritten entries take the one-by-one path below
+            log.warning("bridge: a batch write failed (%s); %d entries processed again one by one",
+                        safe_reason(exc), len(entries) - answered - sum(1 for *_, end in done if end <= staged.written))
+            metrics.retry("bridge", is_transient(exc))
+        answer_written()
+        return entries[answered:]
 
     def _handle_one(self, entry_id: str, fields: dict, batch: _Batch, remaining: list[str]) -> None:
         fields = {_s(k): v for k, v in fields.items()}

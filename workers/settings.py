@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     stream_group: str = "rxgate"  # consumer group on <prefix>:inbound
     consumer_name: str = ""  # empty: <hostname>-<pid>
     stream_batch: int = 100  # entries per XREADGROUP
+    store_batch: int = 100  # bridge: entries whose audit records are written in one transaction; 1 = one each
+    store_batch_seconds: float = 0.02  # bridge: a transaction is written (and its entries answered) at least this often
     stream_block_ms: int = 1000  # XREADGROUP block time
     claim_idle: float = 60.0  # XAUTOCLAIM entries another consumer left pending this long
     outbound_maxlen: int = 1_000_000  # MAXLEN ~ on rxgate:outbound (inbound and deadletter are never trimmed)

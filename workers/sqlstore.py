@@ -33,7 +33,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import sqlite3
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -57,12 +62,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
 from validator.history import HistoryChanged as CoreHistoryChanged
 from validator.history import HistoryEntry, KeyTaken, MessageKey, ProcessedMessage, StoredAnswer
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: SQLite's own busy handler alone
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("rxgate.store")
 
@@ -246,6 +256,7 @@ class DeliveryRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     message_key_id: Mapped[int] = mapped_column(ForeignKey("message_keys.id"), index=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    key: Mapped[MessageKeyRow] = relationship()  # lets a new key row and its first delivery go in one flush
 
 
 class HistoryRow(Base):
@@ -395,7 +406,8 @@ def make_engine(url: str) -> Engine:
         raise StoreUnavailable(f"not a database URL ({exc}); use sqlite:///path.db or postgresql://user@host/db") from None
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
-        kwargs: dict[str, Any] = {"connect_args": {"timeout": 60, "check_same_thread": False}}
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": 60, "check_same_thread": False,
+                                                   "factory": QueuedWriterConnection}}
         if database in ("", ":memory:"):
             kwargs["poolclass"] = StaticPool
         else:
@@ -424,8 +436,76 @@ def _sqlite_events(engine: Engine, in_memory: bool) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
         # Writers take the write lock at BEGIN, so two appends never read the same chain head.
-        mode = "DEFERRED" if conn.get_execution_options().get("rxgate_read_only") else "IMMEDIATE"
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        if conn.get_execution_options().get("rxgate_read_only"):
+            conn.exec_driver_sql("BEGIN DEFERRED")
+            return
+        dbapi_conn = conn.connection.dbapi_connection
+        dbapi_conn.queue_for_write()
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            dbapi_conn.leave_write_queue()
+            raise
+
+
+class QueuedWriterConnection(sqlite3.Connection):
+    """A SQLite connection whose write transactions queue on an OS file lock (`<database>.writers`)
+    before BEGIN IMMEDIATE, released at COMMIT or ROLLBACK.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries, so workers contending for
+    the write lock (the chain is appended one record at a time) left the CPU idle: two bridges ran
+    at 66 % of the ideal rate with 99 % of the ideal CPU (BENCHMARKS.md). Here the next writer takes
+    the lock within half a millisecond of the commit. A writer that waits longer than the connection's
+    timeout gets "database is locked", a transient error, as from SQLite itself.
+    """
+
+    def __init__(self, database, *args, **kwargs) -> None:
+        super().__init__(database, *args, **kwargs)
+        name = str(database)
+        self._queue_path = None if name in ("", ":memory:") or name.startswith("file:") else f"{name}.writers"
+        self._queue_fd: int | None = None
+        self._queued = False
+        self._wait = float(kwargs.get("timeout", 5.0))
+
+    def queue_for_write(self) -> None:
+        if self._queue_path is None or self._queued or fcntl is None:
+            return
+        if self._queue_fd is None:
+            self._queue_fd = os.open(self._queue_path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + self._wait
+        while True:
+            try:
+                fcntl.flock(self._queue_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise sqlite3.OperationalError("database is locked (another rxgate writer holds it)") from None
+                time.sleep(0.0005)
+        self._queued = True
+
+    def leave_write_queue(self) -> None:
+        if self._queued:
+            self._queued = False
+            fcntl.flock(self._queue_fd, fcntl.LOCK_UN)
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.leave_write_queue()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.leave_write_queue()
+
+    def close(self) -> None:
+        self.leave_write_queue()
+        if self._queue_fd is not None:
+            os.close(self._queue_fd)
+            self._queue_fd = None
+        super().close()
 
 
 def migrate(engine: Engine) -> None:
@@ -452,8 +532,9 @@ class SqlStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        self._reader = sessionmaker(engine.execution_options(rxgate_read_only=True), expire_on_commit=False)
-        self._seen = threading.local()  # per thread: (patient key, history row ids) of the last orders_for
+        self._read_engine = engine.execution_options(rxgate_read_only=True)
+        self._reader = sessionmaker(self._read_engine, expire_on_commit=False)
+        self._seen = threading.local()  # per thread: patient key -> history row ids of its last orders_for
 
     @property
     def dialect(self) -> str:
@@ -468,130 +549,129 @@ class SqlStore:
 
     # --- the port
 
+    # The two reads of every message use a plain connection, not an ORM session: a third of the
+    # cost per message (BENCHMARKS.md).
     def answer_for(self, key: MessageKey) -> StoredAnswer | None:
-        with self.read_session() as s:
-            row = s.execute(select(MessageKeyRow).where(*_key_matches(key))).scalar_one_or_none()
+        with self._reading() as conn:
+            row = conn.execute(
+                select(MessageKeyRow.content_sha256, MessageKeyRow.result).where(*_key_matches(key))
+            ).first()
             if row is None:
                 return None
             return StoredAnswer(content_sha256=row.content_sha256, result=json.loads(row.result))
 
     def orders_for(self, patient_key: str) -> list[HistoryEntry]:
-        with self.read_session() as s:
+        with self._reading() as s:
             rows = s.execute(
                 select(HistoryRow.id, HistoryRow.entry)
                 .where(HistoryRow.patient_key == _clean(patient_key), HistoryRow.cancelled_by.is_(None))
                 .order_by(HistoryRow.id)
             ).all()
-            # the history this thread judged on, re-checked under the chain lock by save() (HistoryChanged)
-            self._seen.snapshot = (patient_key, tuple(r.id for r in rows))
+            # the history this thread judged on, re-checked under the chain lock by save_all (HistoryChanged)
+            self._snapshots()[patient_key] = tuple(r.id for r in rows)
             return [HistoryEntry.model_validate_json(r.entry) for r in rows]
 
-    def _history_ids(self, s: Session, patient_key: str) -> tuple[int, ...]:
-        return tuple(s.execute(
-            select(HistoryRow.id)
-            .where(HistoryRow.patient_key == _clean(patient_key), HistoryRow.cancelled_by.is_(None))
+    @contextmanager
+    def reads_together(self) -> Iterator[None]:
+        """This thread's reads share one connection until the block ends (the bridge's batch: no pool
+        checkout, ping and rollback per read, half the cost of a read on PostgreSQL). A write by this
+        thread ends that connection's read transaction, so the reads after it see the write."""
+        with self._read_engine.connect() as conn:
+            self._seen.reads = conn
+            try:
+                yield
+            finally:
+                self._seen.reads = None
+
+    def _reading(self):
+        shared = getattr(self._seen, "reads", None)
+        return nullcontext(shared) if shared is not None else self._read_engine.connect()
+
+    def _snapshots(self) -> dict[str, tuple[int, ...]]:
+        """Per thread: patient key -> the history row ids its last `orders_for` returned."""
+        snapshots = getattr(self._seen, "snapshots", None)
+        if snapshots is None:
+            snapshots = self._seen.snapshots = {}
+        return snapshots
+
+    def _changed_patients(self, s: Session, seen: dict[str, tuple[int, ...]]) -> list[str]:
+        """The patients whose current history differs from what this thread read (one query for all)."""
+        if not seen:
+            return []
+        now: dict[str, list[int]] = {k: [] for k in seen}
+        rows = s.execute(
+            select(HistoryRow.patient_key, HistoryRow.id)
+            .where(HistoryRow.patient_key.in_([_clean(k) for k in seen]), HistoryRow.cancelled_by.is_(None))
             .order_by(HistoryRow.id)
-        ).scalars())
+        ).all()
+        cleaned = {_clean(k): k for k in seen}
+        for row in rows:
+            now[cleaned[row.patient_key]].append(row.id)
+        return [k for k, ids in seen.items() if tuple(now[k]) != ids]
 
     def save(self, processed: ProcessedMessage) -> None:
+        self.save_all([processed])
+        self._snapshots().clear()  # one message at a time: nothing else of this thread is in flight
+
+    def save_all(self, batch: list[ProcessedMessage], deliveries: list[tuple[MessageKey, datetime]] = ()) -> None:
+        """Write the records of several messages (and deliveries of answered ones) in ONE transaction.
+
+        One chain lock, one history re-check, one commit (one fsync) for the whole batch, every
+        table's rows inserted together: under a backlog this is what lets two workers share the
+        append lock (`BatchedStore` in validator/history.py). All or nothing: a `KeyTaken` or a
+        `HistoryChanged` anywhere writes none of the batch.
+        """
+        if not batch and not deliveries:
+            return
+        snapshots = self._snapshots()
+        # the history each message was judged on (patients read by this thread; a message that is
+        # not judged against a history, e.g. an AR, has none to re-check)
+        seen = {p.patient_key: snapshots.pop(p.patient_key) for p in batch
+                if p.patient_key and p.patient_key in snapshots}
         try:
-            seen = getattr(self._seen, "snapshot", None)
-            self._seen.snapshot = None
             with self._sessions.begin() as s:
-                self._lock_chain(s)
-                if seen is not None and processed.patient_key and seen[0] == processed.patient_key \
-                        and self._history_ids(s, processed.patient_key) != seen[1]:
-                    # another worker changed this patient's course since it was read: the verdict may be
+                if batch:
+                    self._lock_chain(s)
+                if self._changed_patients(s, seen):
+                    # another worker changed a patient's course since it was read: the verdict may be
                     # stale (two day-1 doses judged at once would both pass go.schedule). Nothing is
-                    # written; the caller's retry (transient: a StoreUnavailable) judges again.
+                    # written; the service judges again (a StoreUnavailable: the callers' retry if not).
                     raise HistoryChanged("the patient's course history changed while the message was judged")
-                key_row = None
-                if processed.key is not None:
-                    k = processed.key
-                    taken = s.execute(select(MessageKeyRow.id).where(*_key_matches(k))).first()
-                    if taken is not None:
-                        raise KeyTaken((k.sending_application, k.sending_facility, k.control_id))
-                seq, prev_hash = self._next_seq(s)
-                result = json.loads(canonical_json(processed.result))
-                message = MessageRow(
-                    id=seq,
-                    received_at=processed.received_at,
-                    answered_at=processed.answered_at,
-                    sender=_clean(processed.sender) or "",
-                    sending_application=_clean(processed.key.sending_application) if processed.key else
-                    _clean(processed.sender.split("^")[0]) if processed.sender else "",
-                    sending_facility=_clean(processed.key.sending_facility) if processed.key else
-                    _clean(processed.sender.split("^", 1)[1]) if "^" in processed.sender else "",
-                    control_id=_clean(processed.control_id),
-                    message_type=_clean(result.get("message_type")),
-                    patient_id=_clean(result.get("patient_id")) or _patient_id(processed.patient_key),
-                    patient_key=_clean(processed.patient_key) or "",
-                    content_sha256=processed.key.content_sha256 if processed.key else _sha256_normalised(
-                        processed.raw_message),
-                    raw_message=_encode_raw(processed.raw_message),
-                )
-                verdict = VerdictRow(
-                    message_id=seq,
-                    ack_code=_clean(processed.ack_code),
-                    protocol_id=_clean(processed.protocol_id) or "",
-                    protocol_version=_clean(processed.protocol_version) or "",
-                    computed=canonical_json(processed.computed),
-                    result=canonical_json(result),
-                )
-                response = ResponseRow(message_id=seq, response=_clean(processed.response))
-                findings = _finding_rows(seq, result)
-                # the writer hashes exactly what the rows will read back
-                message.received_at = _as_utc(message.received_at)
-                message.answered_at = _as_utc(message.answered_at)
-                content = record_content(message, verdict, response, findings)
-                chain = ChainRow(seq=seq, prev_hash=prev_hash, hash=chain_hash(content, seq, prev_hash))
-                s.add(message)
+                seq, prev_hash = self._chain_head(s) if batch else (0, GENESIS_HASH)
+                records = []
+                for processed in batch:
+                    seq += 1
+                    record = _Record(seq, prev_hash, processed)
+                    prev_hash = record.chain.hash
+                    records.append(record)
+                # every table's rows of the whole batch in a few multi-row INSERTs: messages first (the
+                # others refer to them), then the rest; cancellations before the history rows they precede
+                s.add_all([r.message for r in records])
                 s.flush()
-                s.add_all([verdict, response, *findings, chain])
-                if processed.key is not None:
-                    k = processed.key
-                    key_row = MessageKeyRow(
-                        sending_application=_clean(k.sending_application),
-                        sending_facility=_clean(k.sending_facility),
-                        control_id=_clean(k.control_id),
-                        content_sha256=k.content_sha256,
-                        message_id=seq,
-                        # key order kept: a redelivery's JSON reads like the first answer
-                        result=json.dumps(processed.result, ensure_ascii=False, default=_json_default),
-                    )
-                    s.add(key_row)
-                    s.flush()
-                    s.add(DeliveryRow(message_key_id=key_row.id, received_at=processed.received_at))
-                self._apply_cancellations(s, seq, processed)
-                for entry in processed.new_orders:
-                    s.add(
-                        HistoryRow(
-                            patient_key=_clean(entry.patient_key),
-                            sender=_clean(entry.sender),
-                            placer_number=_clean(entry.placer_number),
-                            placer_namespace=_clean(entry.placer_namespace) or "",
-                            control_id=_clean(entry.control_id),
-                            drug_code=_clean(entry.drug.code),
-                            drug_text=_clean(entry.drug.text),
-                            protocol_order=entry.protocol_order,
-                            start=entry.start,
-                            entry=entry.model_dump_json(),
-                            message_id=seq,
-                        )
-                    )
+                for record in records:
+                    s.add_all(record.rows)
+                    if record.processed.cancellations:
+                        s.flush()
+                        self._apply_cancellations(s, record.seq, record.processed)
+                    s.add_all(record.history)
+                for key, received_at in deliveries:
+                    key_id = s.execute(select(MessageKeyRow.id).where(*_key_matches(key))).scalar_one_or_none()
+                    if key_id is None:
+                        log.warning("delivery of an unknown message key control_id=%s not recorded", key.control_id)
+                        continue
+                    s.add(DeliveryRow(message_key_id=key_id, received_at=received_at))
+            shared = getattr(self._seen, "reads", None)
+            if shared is not None and shared.in_transaction():
+                shared.rollback()  # the shared read connection's next read sees what was just written
         except IntegrityError:
-            # Only reachable if a writer bypassed the chain lock: the unique key decides.
-            if processed.key is not None and self.answer_for(processed.key) is not None:
-                raise KeyTaken(processed.key.control_id) from None
+            # a message key stored by another worker after this one looked (the unique key decides)
+            taken = [p.key for p in batch if p.key is not None and self.answer_for(p.key) is not None]
+            if taken:
+                raise KeyTaken(taken[0].control_id) from None
             raise
 
     def record_delivery(self, key: MessageKey, received_at: datetime) -> None:
-        with self._sessions.begin() as s:
-            key_id = s.execute(select(MessageKeyRow.id).where(*_key_matches(key))).scalar_one_or_none()
-            if key_id is None:
-                log.warning("delivery of an unknown message key control_id=%s not recorded", key.control_id)
-                return
-            s.add(DeliveryRow(message_key_id=key_id, received_at=received_at))
+        self.save_all([], [(key, received_at)])
 
     # --- helpers
 
@@ -601,9 +681,10 @@ class SqlStore:
         # SQLite: the session's BEGIN IMMEDIATE already holds the database's write lock.
 
     @staticmethod
-    def _next_seq(s: Session) -> tuple[int, str]:
+    def _chain_head(s: Session) -> tuple[int, str]:
+        """(seq, hash) of the last record; (0, 64 zeros) for an empty chain."""
         head = s.execute(select(ChainRow.seq, ChainRow.hash).order_by(ChainRow.seq.desc()).limit(1)).first()
-        return (1, GENESIS_HASH) if head is None else (head.seq + 1, head.hash)
+        return (0, GENESIS_HASH) if head is None else (head.seq, head.hash)
 
     @staticmethod
     def _apply_cancellations(s: Session, seq: int, processed: ProcessedMessage) -> None:
@@ -646,6 +727,74 @@ class SqlStore:
     def count(self) -> int:
         with self.read_session() as s:
             return s.execute(select(func.count()).select_from(ChainRow)).scalar_one()
+
+
+class _Record:
+    """The rows of one audit record number `seq`, its chain row linked to `prev_hash`."""
+
+    def __init__(self, seq: int, prev_hash: str, processed: ProcessedMessage) -> None:
+        self.seq = seq
+        self.processed = processed
+        result = json.loads(canonical_json(processed.result))
+        key = processed.key
+        message = MessageRow(
+            id=seq,
+            received_at=_as_utc(processed.received_at),
+            answered_at=_as_utc(processed.answered_at),
+            sender=_clean(processed.sender) or "",
+            sending_application=_clean(key.sending_application) if key else
+            _clean(processed.sender.split("^")[0]) if processed.sender else "",
+            sending_facility=_clean(key.sending_facility) if key else
+            _clean(processed.sender.split("^", 1)[1]) if "^" in processed.sender else "",
+            control_id=_clean(processed.control_id),
+            message_type=_clean(result.get("message_type")),
+            patient_id=_clean(result.get("patient_id")) or _patient_id(processed.patient_key),
+            patient_key=_clean(processed.patient_key) or "",
+            content_sha256=key.content_sha256 if key else _sha256_normalised(processed.raw_message),
+            raw_message=_encode_raw(processed.raw_message),
+        )
+        verdict = VerdictRow(
+            message_id=seq,
+            ack_code=_clean(processed.ack_code),
+            protocol_id=_clean(processed.protocol_id) or "",
+            protocol_version=_clean(processed.protocol_version) or "",
+            computed=canonical_json(processed.computed),
+            result=canonical_json(result),
+        )
+        response = ResponseRow(message_id=seq, response=_clean(processed.response))
+        findings = _finding_rows(seq, result)
+        # the writer hashes exactly what the rows will read back
+        content = record_content(message, verdict, response, findings)
+        self.message = message
+        self.chain = ChainRow(seq=seq, prev_hash=prev_hash, hash=chain_hash(content, seq, prev_hash))
+        self.rows: list[Base] = [verdict, response, *findings, self.chain]
+        if key is not None:
+            key_row = MessageKeyRow(
+                sending_application=_clean(key.sending_application),
+                sending_facility=_clean(key.sending_facility),
+                control_id=_clean(key.control_id),
+                content_sha256=key.content_sha256,
+                message_id=seq,
+                # key order kept: a redelivery's JSON reads like the first answer
+                result=json.dumps(processed.result, ensure_ascii=False, default=_json_default),
+            )
+            self.rows += [key_row, DeliveryRow(key=key_row, received_at=processed.received_at)]
+        self.history = [
+            HistoryRow(
+                patient_key=_clean(entry.patient_key),
+                sender=_clean(entry.sender),
+                placer_number=_clean(entry.placer_number),
+                placer_namespace=_clean(entry.placer_namespace) or "",
+                control_id=_clean(entry.control_id),
+                drug_code=_clean(entry.drug.code),
+                drug_text=_clean(entry.drug.text),
+                protocol_order=entry.protocol_order,
+                start=entry.start,
+                entry=entry.model_dump_json(),
+                message_id=seq,
+            )
+            for entry in processed.new_orders
+        ]
 
 
 def _as_utc(value: datetime) -> datetime:

@@ -6,6 +6,7 @@ retry policy both entry points share lives next to it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -61,6 +62,14 @@ def bootstrap(settings: Settings | None = None, *, store: Store | None = None) -
     if store is None:
         store = open_store(settings.database_url)
     return Service(settings=settings, protocol=protocol, tz=settings.tz, store=store)
+
+
+def settle_heap() -> None:
+    """For a long-running worker once it is set up: everything allocated so far (modules, protocol,
+    engine, compiled statements) leaves the cyclic GC's view, so the full collection that comes every
+    ~2000 messages does not walk it again (a 28 ms pause per collection measured: BENCHMARKS.md)."""
+    gc.collect()
+    gc.freeze()
 
 
 def open_store(url: str) -> Store:

@@ -200,7 +200,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
-    from .bootstrap import backoff_delays, bootstrap
+    from .bootstrap import backoff_delays, bootstrap, settle_heap
     from .bridge import Bridge, safe_reason
     from .sentinel import broker_client
 
@@ -220,6 +220,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
             if stop.wait(delay):
                 return 1
     client = broker_client(settings, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
+    settle_heap()
     Bridge(service, client, settings, stop=stop).run()
     return 0
 

@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from . import metrics
-from .bootstrap import Service, backoff_delays, bootstrap, is_transient
+from .bootstrap import Service, backoff_delays, bootstrap, is_transient, settle_heap
 from .bridge import deadletter_celery, not_processed_result, safe_reason
 from .celery_app import TASK, app
 
@@ -26,6 +26,7 @@ def current_service() -> Service:
     global _service
     if _service is None or _service[0] != os.getpid():
         _service = (os.getpid(), bootstrap(app.rxgate_settings))
+        settle_heap()
     return _service[1]
 
 

@@ -7,7 +7,9 @@ processes:
       task, throughput = tasks / (last result's `date_done` - first send);
   (b) the stream bridge: N `python -m workers.cli bridge` processes in one consumer group; the producer
       XADDs (pipelined by 100) to `<prefix>:inbound`, a reader thread takes the responses off
-      `<prefix>:outbound`; throughput = entries / (last response seen - first XADD);
+      `<prefix>:outbound`; throughput = entries / (last response seen - first XADD). `bridge` is the
+      default (the entries of a read written in one transaction, RXGATE_STORE_BATCH=100);
+      `bridge_unbatched` the same with RXGATE_STORE_BATCH=1 (one transaction per entry, as (c) does);
   (c) in-process: `process_text` + audit commit on the same store, one process, no queue;
   (d) the transport alone, same N: a no-op Celery task (`bench.noop`), resp. `bench.stream_echo`
       consumers doing the bridge's Redis work without processing.
@@ -252,12 +254,12 @@ def _summary(count: int, first: float, last: float, latencies: list[float], acks
 class StreamPath:
     """N consumers (the bridge, or the echo consumer) on `<prefix>:inbound`; responses on `<prefix>:outbound`."""
 
-    def __init__(self, infra: Infra, redis_url: str, db_url: str, n: int, echo: bool):
+    def __init__(self, infra: Infra, redis_url: str, db_url: str, n: int, echo: bool, env: dict[str, str] | None = None):
         self.n = n
         self.echo = echo
         self.redis_url = redis_url
         self.prefix = f"bench{uuid.uuid4().hex[:6]}"
-        self.procs = Procs(infra, worker_env(redis_url, db_url, self.prefix))
+        self.procs = Procs(infra, {**worker_env(redis_url, db_url, self.prefix), **(env or {})})
         self.client = redis.Redis.from_url(redis_url)
 
     def start(self) -> None:
@@ -410,22 +412,23 @@ def run_queue(infra: Infra, cfg: dict[str, Any], log=print) -> dict[str, Any]:
         for n in ns:
             row: dict[str, Any] = {}
             transport = out["transport"][str(n)]
-            for path in ("celery", "bridge"):
+            for path in cfg["queue_paths"]:
                 # (c) again right before this run: the machine is shared, its speed drifts
                 adjacent = in_process(db_url, messages(tag(), cfg["in_process_messages"] + 5))
                 c = adjacent["per_second"]
                 flush.flushdb()
                 runner: Any = (CeleryPath(infra, redis_url, db_url, n) if path == "celery"
-                               else StreamPath(infra, redis_url, db_url, n, echo=False))
+                               else StreamPath(infra, redis_url, db_url, n, echo=False,
+                                               env={"RXGATE_STORE_BATCH": "1"} if path == "bridge_unbatched" else None))
                 runner.start()
                 try:
                     go = (lambda texts, rate=None, r=runner: r.run("rxgate.validate", texts, rate)) if path == "celery" \
                         else (lambda texts, rate=None, r=runner: r.run(texts, rate))
                     go(messages(tag(), warm))
                     maxrate = go(messages(tag(), count))
-                    d = transport["celery_noop" if path == "celery" else "stream_echo"]["per_second"]
-                    best = ideal(d, c, n)
-                    t_cpu = transport["celery_noop" if path == "celery" else "stream_echo"]["cpu_ms_per_message"]["total"]
+                    floor = transport["celery_noop" if path == "celery" else "stream_echo"]
+                    best = ideal(floor["per_second"], c, n)
+                    t_cpu = floor["cpu_ms_per_message"]["total"]
                     ideal_cpu = t_cpu + adjacent["cpu_ms_per_message"]
                     entry = {"in_process": adjacent, "max": maxrate, "ideal_per_second": round(best, 1),
                              "efficiency": round(maxrate["per_second"] / best, 3),

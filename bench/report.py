@@ -15,6 +15,9 @@ HEADER = """# Benchmarks
 `python -m bench.run --quick` is the smoke test's tiny run (numbers meaningless).
 """
 
+PATH_LABELS = {"bridge": "bridge (default: a read's entries in one transaction)",
+               "bridge_unbatched": "bridge, RXGATE_STORE_BATCH=1 (reference: one transaction per entry)"}
+
 
 def _f(x: Any, digits: int = 3) -> str:
     if x is None:
@@ -60,15 +63,13 @@ def tables(r: dict[str, Any]) -> str:
         for store, res in q["stores"].items():
             for n in r["config"]["queue_n"]:
                 row = res.get(str(n), {})
-                for path in ("celery", "bridge"):
-                    e = row.get(path)
-                    if not e:
-                        continue
-                    w(f"| queue efficiency ≥ 80 % of ideal: {path}, {store}, N={n} | {_pct(e['efficiency'])} "
+                for path, e in row.items():
+                    label = PATH_LABELS.get(path, path)
+                    w(f"| queue efficiency ≥ 80 % of ideal: {label}, {store}, N={n} | {_pct(e['efficiency'])} "
                       f"(CPU efficiency {_pct(e.get('cpu_efficiency'))}) | {_goal(e['efficiency'] >= 0.8)} |")
                     lat = e["latency"].get("90%")
                     if lat:
-                        w(f"| p99 latency at 90 % load ≤ 50 ms: {path}, {store}, N={n} | {lat['latency_p99_ms']} ms | "
+                        w(f"| p99 latency at 90 % load ≤ 50 ms: {label}, {store}, N={n} | {lat['latency_p99_ms']} ms | "
                           f"{_goal(lat['latency_p99_ms'] <= 50)} |")
         mem = _memory_rows(q)
         for label, growth in mem:
@@ -129,6 +130,7 @@ def tables(r: dict[str, Any]) -> str:
         for store, res in q["stores"].items():
             for n in r["config"]["queue_n"]:
                 for path, e in res.get(str(n), {}).items():
+                    path = PATH_LABELS.get(path, path)
                     l50, l90 = e["latency"].get("50%"), e["latency"].get("90%")
                     lat = lambda x: f"{x['latency_p50_ms']} / {x['latency_p99_ms']} @ {x['rate']}/s" if x else "–"  # noqa: E731
                     c = e.get("in_process") or res["in_process"]

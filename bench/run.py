@@ -30,7 +30,7 @@ FULL: dict[str, Any] = {
     "history_sizes": [1, 1000, 100000], "history_messages": 150, "size_orders": [1, 2, 5, 10, 20, 35, 50],
     "size_budget_s": 0.6,
     # part 2
-    "queue_n": [1, 2], "queue_messages": 600, "queue_stores": ["sqlite", "postgresql"], "queue_warmup": 60, "in_process_messages": 150,
+    "queue_paths": ["celery", "bridge", "bridge_unbatched"], "queue_n": [1, 2], "queue_messages": 600, "queue_stores": ["sqlite", "postgresql"], "queue_warmup": 60, "in_process_messages": 150,
     "latency_n": [1, 2], "latency_seconds": 6.0,
     # part 4
     "memory_messages": 10000, "memory_step": 2000, "memory_warmup": 500, "memory_n": 2,
@@ -42,7 +42,7 @@ QUICK: dict[str, Any] = {
     "public_budget_s": 0.001, "public_slow_budget_s": 0.001, "public_limit": 3,
     "history_sizes": [1, 20], "history_messages": 3, "size_orders": [1, 3],
     "size_budget_s": 0.01,
-    "queue_n": [1], "queue_messages": 10, "queue_stores": ["sqlite"], "queue_warmup": 3, "in_process_messages": 5,
+    "queue_paths": ["celery", "bridge"], "queue_n": [1], "queue_messages": 10, "queue_stores": ["sqlite"], "queue_warmup": 3, "in_process_messages": 5,
     "latency_n": [], "latency_seconds": 1.0,
     "memory_messages": 0, "memory_step": 10, "memory_warmup": 3, "memory_n": 1,
     "memory_store": "sqlite", "memory_paths": ["celery"],

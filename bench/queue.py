@@ -354,6 +354,46 @@ def in_process(db_url: str, texts: list[str]) -> dict[str, Any]:
             "mean_ms": round(elapsed / n * 1e3, 3), "cpu_ms_per_message": round(cpu / n * 1e3, 3), "ack_codes": acks}
 
 
+def _in_process_worker(db_url: str, texts: list[str], barrier, results) -> None:
+    from validator import load_protocol, process_text
+    from workers.sqlstore import open_sql_store
+
+    store = open_sql_store(db_url)
+    protocol = load_protocol()
+    try:
+        for text in texts[:5]:
+            process_text(text, store, protocol, tz=b.UTC)
+        barrier.wait()
+        t0, c0 = time.time(), time.process_time()
+        for text in texts[5:]:
+            process_text(text, store, protocol, tz=b.UTC)
+        results.put((t0, time.time(), time.process_time() - c0, len(texts) - 5))
+    finally:
+        store.dispose()
+
+
+def in_process_together(db_url: str, n: int, tag: str, count: int) -> dict[str, Any]:
+    """(c) in N processes at once on the same store, no queue: what this machine gives N workers when
+    they share its two cores (and the chain's append lock). Reported beside the issue's ideal, which
+    assumes N x (c): a second busy process slows the first here (BENCHMARKS.md)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_in_process_worker, args=(db_url, messages(f"{tag}{i}", count + 5), barrier, results))
+             for i in range(n)]
+    for proc in procs:
+        proc.start()
+    done = [results.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    start, end = min(d[0] for d in done), max(d[1] for d in done)
+    total = sum(d[3] for d in done)
+    return {"processes": n, "messages": total, "seconds": round(end - start, 3),
+            "per_second": round(total / (end - start), 1),
+            "cpu_ms_per_message": round(sum(d[2] for d in done) / total * 1e3, 3)}
+
+
 # --- orchestration ------------------------------------------------------------------------------------
 
 
@@ -412,6 +452,7 @@ def run_queue(infra: Infra, cfg: dict[str, Any], log=print) -> dict[str, Any]:
         for n in ns:
             row: dict[str, Any] = {}
             transport = out["transport"][str(n)]
+            together = in_process_together(db_url, n, tag(), cfg["in_process_messages"]) if n > 1 else None
             for path in cfg["queue_paths"]:
                 # (c) again right before this run: the machine is shared, its speed drifts
                 adjacent = in_process(db_url, messages(tag(), cfg["in_process_messages"] + 5))
@@ -432,6 +473,10 @@ def run_queue(infra: Infra, cfg: dict[str, Any], log=print) -> dict[str, Any]:
                     ideal_cpu = t_cpu + adjacent["cpu_ms_per_message"]
                     entry = {"in_process": adjacent, "max": maxrate, "ideal_per_second": round(best, 1),
                              "efficiency": round(maxrate["per_second"] / best, 3),
+                             # the ideal with (c) of N processes measured together instead of N x (c)
+                             "in_process_together": together,
+                             "efficiency_vs_together": round(maxrate["per_second"] / (
+                                 1 / (1 / floor["per_second"] + 1 / (together["per_second"] if together else c))), 3),
                              "cpu_ideal_ms_per_message": round(ideal_cpu, 3),
                              "cpu_efficiency": round(ideal_cpu / maxrate["cpu_ms_per_message"]["total"], 3),
                              "latency": {}}

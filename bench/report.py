@@ -125,8 +125,9 @@ def tables(r: dict[str, Any]) -> str:
               f"{cpu(t['stream_echo'])} |")
         w("")
         w("| store | N | path | (c) in-process /s (CPU ms/msg) | measured /s | ideal /s | efficiency | "
-          "CPU ms/msg: path (ideal) | CPU efficiency | p50 / p99 at 50 % (ms) | p50 / p99 at 90 % (ms) |")
-        w("|---|---|---|---|---|---|---|---|---|---|---|")
+          "CPU ms/msg: path (ideal) | CPU efficiency | (c) of N processes together /s | efficiency vs that | "
+          "p50 / p99 at 50 % (ms) | p50 / p99 at 90 % (ms) |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for store, res in q["stores"].items():
             for n in r["config"]["queue_n"]:
                 for path, e in res.get(str(n), {}).items():
@@ -137,7 +138,8 @@ def tables(r: dict[str, Any]) -> str:
                     w(f"| {store} | {n} | {path} | {c['per_second']} ({_f(c.get('cpu_ms_per_message'), 2)}) | "
                       f"{e['max']['per_second']} | {e['ideal_per_second']} | {_pct(e['efficiency'])} | "
                       f"{cpu(e['max'])} ({_f(e.get('cpu_ideal_ms_per_message'), 2)}) | {_pct(e.get('cpu_efficiency'))} | "
-                      f"{lat(l50)} | {lat(l90)} |")
+                      f"{(e.get('in_process_together') or {}).get('per_second', '–')} | "
+                      f"{_pct(e.get('efficiency_vs_together'))} | {lat(l50)} | {lat(l90)} |")
     w("")
 
     # part 3

@@ -275,3 +275,24 @@ def test_sqlite_writer_lock_times_out_as_database_is_locked(sqlite_url):
             other.close()
     finally:
         engine.dispose()
+
+
+def test_reads_share_a_connection_only_where_a_read_cannot_block_the_write(sqlite_url, tmp_path):
+    from workers.sqlstore import open_sql_store
+
+    wal = open_sql_store(sqlite_url)
+    memory = open_sql_store("sqlite://")
+    try:
+        assert wal._reads_can_share  # WAL: readers never block the writer
+        assert not memory._reads_can_share  # one connection for everything
+        # in memory the batch still works (reads and the write on the one connection, one at a time)
+        staged = BatchedStore(memory)
+        with memory.reads_together():
+            for i in range(3):
+                process_text(adult_order_set(f"M{i}", mrn=f"PM{i}"), staged, load_protocol(), tz=UTC)
+            process_text(go_dose_message("M9", "20261201", placer="ORD9", mrn="PM1"), staged, load_protocol(), tz=UTC)
+            staged.flush()
+        assert memory.count() == 4
+    finally:
+        wal.dispose()
+        memory.dispose()

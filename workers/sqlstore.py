@@ -537,6 +537,7 @@ class SqlStore:
         self._read_engine = engine.execution_options(rxgate_read_only=True)
         self._reader = sessionmaker(self._read_engine, expire_on_commit=False)
         self._seen = threading.local()  # per thread: patient key -> history row ids of its last orders_for
+        self._wal: bool | None = None  # SQLite: journal_mode is WAL (read once)
 
     @property
     def dialect(self) -> str:
@@ -578,12 +579,26 @@ class SqlStore:
         """This thread's reads share one connection until the block ends (the bridge's batch: no pool
         checkout, ping and rollback per read, half the cost of a read on PostgreSQL). A write by this
         thread ends that connection's read transaction, so the reads after it see the write."""
+        if not self._reads_can_share:
+            yield
+            return
         with self._read_engine.connect() as conn:
             self._seen.reads = conn
             try:
                 yield
             finally:
                 self._seen.reads = None
+
+    @property
+    def _reads_can_share(self) -> bool:
+        """PostgreSQL, or SQLite in WAL mode. In SQLite's rollback-journal mode (or in memory, one
+        connection for all) an open read transaction would block this thread's own commit."""
+        if self.dialect != "sqlite":
+            return True
+        if self._wal is None:
+            with self._read_engine.connect() as conn:
+                self._wal = str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()).lower() == "wal"
+        return self._wal
 
     def _reading(self):
         shared = getattr(self._seen, "reads", None)

@@ -296,3 +296,75 @@ def test_reads_share_a_connection_only_where_a_read_cannot_block_the_write(sqlit
     finally:
         wal.dispose()
         memory.dispose()
+
+
+# --- property: batching never changes a verdict --------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.builders import cancel_message  # noqa: E402
+
+STEP = st.tuples(
+    st.sampled_from(["day1", "day14", "cancel", "resend", "reuse"]),
+    st.sampled_from(["PQ1", "PQ2", "PQ3"]),  # few patients: repeats inside a batch are the point
+    st.sampled_from(["ORDA", "ORDB"]),
+)
+
+
+def course_texts(steps) -> list[str]:
+    texts: list[str] = []
+    for i, (kind, mrn, placer) in enumerate(steps):
+        cid = f"Q{i:03d}"
+        if kind == "day1":
+            texts.append(go_dose_message(cid, "20261201", placer=placer, mrn=mrn))
+        elif kind == "day14":
+            texts.append(go_dose_message(cid, "20261214", placer=placer, mrn=mrn))
+        elif kind == "cancel":
+            texts.append(cancel_message(cid, placer, mrn=mrn))
+        elif kind == "resend" and texts:
+            texts.append(texts[i % len(texts)])
+        elif kind == "reuse" and texts:
+            texts.append(go_dose_message("Q000", "20261214", placer=placer, mrn=mrn))  # Q000 reused
+        else:
+            texts.append(adult_order_set(cid, mrn=mrn))
+    return texts
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(STEP, min_size=2, max_size=14), flush_every=st.integers(1, 6))
+def test_batched_verdicts_equal_one_by_one_for_any_course(steps, flush_every):
+    """Day-1/day-14 doses, cancellations, resends and reused control ids of three patients, written in
+    batches of any size: every answer equals the answer one message at a time."""
+    texts = course_texts(steps)
+    staged = BatchedStore(InMemoryStore())
+    batched = []
+    for i, t in enumerate(texts):
+        batched.extend(_summary(o) for o in process_text(t, staged, load_protocol(), tz=UTC))
+        if (i + 1) % flush_every == 0:
+            staged.flush()
+    staged.flush()
+    assert batched == one_by_one(texts)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(STEP, min_size=2, max_size=10), flush_every=st.integers(2, 5))
+def test_batched_verdicts_equal_one_by_one_on_sqlite_with_shared_reads(tmp_path_factory, steps, flush_every):
+    """The same on the SQL store as the bridge uses it: one shared read connection, held writes."""
+    from workers.sqlstore import open_sql_store
+
+    store = open_sql_store(f"sqlite:///{tmp_path_factory.mktemp('prop') / 'rx.db'}")
+    try:
+        texts = course_texts(steps)
+        staged = BatchedStore(store)
+        batched = []
+        with store.reads_together():
+            for i, t in enumerate(texts):
+                batched.extend(_summary(o) for o in process_text(t, staged, load_protocol(), tz=UTC))
+                if (i + 1) % flush_every == 0:
+                    staged.flush()
+            staged.flush()
+        assert batched == one_by_one(texts)
+        assert verify_chain(store).intact
+    finally:
+        store.dispose()

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import fakeredis
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import event, text
 
-from tests.builders import UTC, adult_order_set, go_dose_message, rules_of
+from tests.builders import UTC, adult_order_set, cancel_message, go_dose_message, rules_of
 from validator import BatchedStore, InMemoryStore, load_protocol, process_text
 from validator.history import HistoryChanged
 from workers.audit import verify_chain
@@ -31,6 +33,19 @@ def texts_with_repeats() -> list[str]:
 def one_by_one(texts: list[str]) -> list[tuple[str, list]]:
     store = InMemoryStore()
     return [_summary(o) for t in texts for o in process_text(t, store, load_protocol(), tz=UTC)]
+
+
+def batched(texts: list[str], store, flush_every: int | None = None) -> list[tuple[str, list]]:
+    """The answers with every write held in a `BatchedStore` over `store`, written every `flush_every`
+    messages and at the end (reads flush what they depend on in between)."""
+    staged = BatchedStore(store)
+    answers = []
+    for i, t in enumerate(texts):
+        answers.extend(_summary(o) for o in process_text(t, staged, load_protocol(), tz=UTC))
+        if flush_every and (i + 1) % flush_every == 0:
+            staged.flush()
+    staged.flush()
+    return answers
 
 
 def _summary(outcome) -> tuple[str, list]:
@@ -56,14 +71,12 @@ def test_held_writes_are_invisible_until_flush_then_written_together():
 def test_batched_answers_equal_one_by_one_answers():
     """Same patient twice, redelivery, reused control id: reads flush the held writes they depend on."""
     texts = texts_with_repeats()
-    staged = BatchedStore(InMemoryStore())
-    batched = [_summary(o) for t in texts for o in process_text(t, staged, load_protocol(), tz=UTC)]
-    staged.flush()
-    assert batched == one_by_one(texts)
-    second_dose = batched[3]
+    answers = batched(texts, InMemoryStore())
+    assert answers == one_by_one(texts)
+    second_dose = answers[3]
     assert second_dose[0] == "AE" and "go.schedule" in second_dose[1][0][1]  # judged on the written day 1
-    assert batched[5] == batched[0]  # the redelivery got the first answer
-    assert batched[-1] == ("AR", [])  # W002 reused for other content: refused as a whole
+    assert answers[5] == answers[0]  # the redelivery got the first answer
+    assert answers[-1] == ("AR", [])  # W002 reused for other content: refused as a whole
 
 
 def test_failed_flush_writes_nothing_and_counts_nothing_written():
@@ -108,10 +121,7 @@ def test_sql_save_all_one_commit_for_a_batch_and_the_chain_verifies(store):
 
 def test_sql_batched_answers_equal_one_by_one(store):
     texts = texts_with_repeats()
-    staged = BatchedStore(store)
-    batched = [_summary(o) for t in texts for o in process_text(t, staged, load_protocol(), tz=UTC)]
-    staged.flush()
-    assert batched == one_by_one(texts)
+    assert batched(texts, store) == one_by_one(texts)
     assert verify_chain(store).intact
 
 
@@ -300,11 +310,6 @@ def test_reads_share_a_connection_only_where_a_read_cannot_block_the_write(sqlit
 
 # --- property: batching never changes a verdict --------------------------------------------------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from tests.builders import cancel_message  # noqa: E402
-
 STEP = st.tuples(
     st.sampled_from(["day1", "day14", "cancel", "resend", "reuse"]),
     st.sampled_from(["PQ1", "PQ2", "PQ3"]),  # few patients: repeats inside a batch are the point
@@ -337,14 +342,7 @@ def test_batched_verdicts_equal_one_by_one_for_any_course(steps, flush_every):
     """Day-1/day-14 doses, cancellations, resends and reused control ids of three patients, written in
     batches of any size: every answer equals the answer one message at a time."""
     texts = course_texts(steps)
-    staged = BatchedStore(InMemoryStore())
-    batched = []
-    for i, t in enumerate(texts):
-        batched.extend(_summary(o) for o in process_text(t, staged, load_protocol(), tz=UTC))
-        if (i + 1) % flush_every == 0:
-            staged.flush()
-    staged.flush()
-    assert batched == one_by_one(texts)
+    assert batched(texts, InMemoryStore(), flush_every) == one_by_one(texts)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -356,15 +354,9 @@ def test_batched_verdicts_equal_one_by_one_on_sqlite_with_shared_reads(tmp_path_
     store = open_sql_store(f"sqlite:///{tmp_path_factory.mktemp('prop') / 'rx.db'}")
     try:
         texts = course_texts(steps)
-        staged = BatchedStore(store)
-        batched = []
         with store.reads_together():
-            for i, t in enumerate(texts):
-                batched.extend(_summary(o) for o in process_text(t, staged, load_protocol(), tz=UTC))
-                if (i + 1) % flush_every == 0:
-                    staged.flush()
-            staged.flush()
-        assert batched == one_by_one(texts)
+            answers = batched(texts, store, flush_every)
+        assert answers == one_by_one(texts)
         assert verify_chain(store).intact
     finally:
         store.dispose()

@@ -35,7 +35,7 @@ fuzz: install
 soak: install
 	RXGATE_SOAK_KILLS=$${RXGATE_SOAK_KILLS:-200} RXGATE_TEST_OUTAGE_S=$${RXGATE_TEST_OUTAGE_S:-120} \
 		$(PY) -m pytest -q -p no:cacheprovider tests/integration/test_faults.py
-	RXGATE_FUZZ_SCALE=$${RXGATE_FUZZ_SCALE:-50} $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+	RXGATE_FUZZ_SCALE=$${RXGATE_FUZZ_SCALE:-50} $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_fuzz.py
 
 # Known vulnerabilities in the pinned dependencies (requirements.lock) with pip-audit. It needs PyPI's
 # advisory data: when that cannot be reached the target says so plainly (NOT AUDITED) and exits 0, so an

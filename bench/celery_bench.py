@@ -1,4 +1,4 @@
-"""The Celery app the bench's workers run: `workers.tasks`' app (rxgate.validate, same configuration)
+"""The Celery app the bench's workers run: `workers.queue.tasks`' app (rxgate.validate, same configuration)
 plus `bench.noop`, a task that does nothing, to measure the transport alone (part 2 (d)).
 
     python -m celery -A bench.celery_bench worker -Q rxgate.orders -c N ...
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.tasks import app  # noqa: F401 - registers rxgate.validate on the service's app
+from workers.queue.tasks import app  # noqa: F401 - registers rxgate.validate on the service's app
 
 NOOP = "bench.noop"
 

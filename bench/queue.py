@@ -46,7 +46,7 @@ from .timing import percentile
 
 b = corpus.b
 REPO = corpus.REPO
-QUEUE_MODULES = ("workers.celery_app", "workers.tasks", "workers.bridge", "workers.sqlstore")
+QUEUE_MODULES = ("workers.queue.celery_app", "workers.queue.tasks", "workers.queue.bridge", "workers.store.sqlstore")
 
 
 def queue_code_ready() -> tuple[bool, str]:
@@ -174,7 +174,7 @@ def worker_env(redis_url: str, db_url: str, prefix: str) -> dict[str, str]:
 
 class CeleryPath:
     def __init__(self, infra: Infra, redis_url: str, db_url: str, n: int):
-        from workers.celery_app import make_app
+        from workers.queue.celery_app import make_app
         from workers.settings import Settings
 
         self.n = n
@@ -334,7 +334,7 @@ class StreamPath:
 
 def in_process(db_url: str, texts: list[str]) -> dict[str, Any]:
     from validator import load_protocol, process_text
-    from workers.sqlstore import open_sql_store
+    from workers.store.sqlstore import open_sql_store
 
     store = open_sql_store(db_url)
     protocol = load_protocol()
@@ -356,7 +356,7 @@ def in_process(db_url: str, texts: list[str]) -> dict[str, Any]:
 
 def _in_process_worker(db_url: str, texts: list[str], barrier, results) -> None:
     from validator import load_protocol, process_text
-    from workers.sqlstore import open_sql_store
+    from workers.store.sqlstore import open_sql_store
 
     store = open_sql_store(db_url)
     protocol = load_protocol()

@@ -1,2 +1,2 @@
 """Fuzzing: the properties every input must satisfy (fuzz/properties.py), the hypothesis harness
-(tests/test_fuzz.py, bounded in `make test`, longer under `make fuzz`) and atheris targets."""
+(tests/unit/test_fuzz.py, bounded in `make test`, longer under `make fuzz`) and atheris targets."""

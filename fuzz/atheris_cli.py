@@ -10,7 +10,7 @@ import atheris
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-with atheris.instrument_imports(include=["validator", "workers.check"]):
+with atheris.instrument_imports(include=["validator", "workers.cli.check"]):
     from fuzz.properties import check_cli
 
 

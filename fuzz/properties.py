@@ -54,7 +54,7 @@ def answer_bytes(data: bytes, limits: Limits = FUZZ_LIMITS):
 
 def check_cli(data: bytes) -> int:
     """The `rxgate check --json` path for one input file's bytes: exit status and one JSON line per message."""
-    from workers.check import memory_store, run_check
+    from workers.cli.check import memory_store, run_check
 
     text = decode(data)
     if not text.strip(" \t\r\n\x0b\x1c\ufeff\x00"):

@@ -23,5 +23,5 @@ else
     SCALE=$((SCALE * 2))
 fi
 echo "== hypothesis harness, RXGATE_FUZZ_SCALE=$SCALE"
-RXGATE_FUZZ_SCALE=$SCALE $PY -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_properties.py || status=1
+RXGATE_FUZZ_SCALE=$SCALE $PY -m pytest -q -p no:cacheprovider tests/unit/test_fuzz.py tests/unit/test_properties.py || status=1
 exit $status

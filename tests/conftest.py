@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(os.environ.get("RXGATE_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+from tests.paths import SHARED
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +17,7 @@ def shared_dir() -> Path:
     return SHARED
 
 
-# --- databases for the SQL store and audit tests (workers/sqlstore.py) -------------------------
+# --- databases for the SQL store and audit tests (workers/store/sqlstore.py) -------------------------
 
 PG_ADMIN_URL = os.environ.get("RXGATE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -72,7 +72,7 @@ def db_url(request, tmp_path):
 @pytest.fixture
 def store(db_url):
     """An SQL store on SQLite and on the real PostgreSQL (via db_url), disposed after the test."""
-    from workers.sqlstore import open_sql_store
+    from workers.store.sqlstore import open_sql_store
 
     s = open_sql_store(db_url)
     yield s

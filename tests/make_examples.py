@@ -7,7 +7,6 @@ judges them all in one history; adult-day14 follows adult-day1 (same patient).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from tests.builders import (
     ALT,
@@ -27,8 +26,9 @@ from tests.builders import (
     standard_observations,
     standard_premeds,
 )
+from tests.paths import ROOT
 
-OUT = Path(__file__).resolve().parents[1] / "examples"
+OUT = ROOT / "examples"
 
 
 def adult(control: str, mrn: str, *, go=None, premeds=None, extra=None, dob="19600315", version="2.5.1",

@@ -50,7 +50,7 @@ class Cancellation(BaseModel):
 
 
 class MessageKey(BaseModel):
-    """contract.md §3: (MSH-3, MSH-4, MSH-10) and the SHA-256 of the normalised message."""
+    """docs/interfaces.md §3: (MSH-3, MSH-4, MSH-10) and the SHA-256 of the normalised message."""
 
     sending_application: str
     sending_facility: str

@@ -1,4 +1,4 @@
-"""Choosing the observation a rule uses (go-protocol.md, "How values are chosen").
+"""Choosing the observation a rule uses (docs/protocol.md, "How values are chosen").
 
 Only final or corrected results count; an observation dated after the message
 time plus the protocol's tolerance is invalid (reported once per message by
@@ -123,7 +123,7 @@ def mosteller_m2(height: Decimal, weight: Decimal) -> Decimal:
 
 
 def percent_off(value: Decimal, expected: Decimal) -> Decimal:
-    """Signed deviation in percent, quantised to 1e-6 (go-protocol.md, Arithmetic).
+    """Signed deviation in percent, quantised to 1e-6 (docs/protocol.md, Arithmetic).
 
     An absurd value (an 80-digit dose) cannot be quantised within the context's
     precision; its unquantised deviation is still far outside any tolerance.

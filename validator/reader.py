@@ -209,7 +209,7 @@ def _read_order_segment(state: _OrderState, seg: Segment, tz: tzinfo) -> None:
     name = seg.name
     if name == "RXE":
         state.rxe = seg
-        # RXE wins over RXO where both exist (go-protocol.md, "Orders without RXE").
+        # RXE wins over RXO where both exist (docs/protocol.md, "Orders without RXE").
         _read_give(order, seg, drug_field=2)
         order.indication = coded(seg, 27)
         order.rate_amount = decimal_or_none(seg.component(23))
@@ -361,7 +361,7 @@ def _read_observation(seg: Segment, order_index: int | None, tz: tzinfo) -> Obse
                 quantity = Quantity(value=Decimal(m.group(2)), unit=units if not m.group(3) else Coded(code="%"), comparator=m.group(1) or "")
             else:
                 m = _TEXT_RANGE.match(text)
-                if m:  # a range "30-40" counts as its lower value (go-protocol.md)
+                if m:  # a range "30-40" counts as its lower value (docs/protocol.md)
                     quantity = Quantity(value=Decimal(m.group(1)), unit=units if not (m.group(2) or m.group(4)) else Coded(code="%"))
     return Observation(
         location=Location(segment="OBX", occurrence=seg.occurrence, field=5),

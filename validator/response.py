@@ -1,4 +1,4 @@
-"""The HL7 response, built as text (contract.md §2).
+"""The HL7 response, built as text (docs/interfaces.md §2).
 
 Only the fields the response's version has are written: below 2.5 the ERR
 segment has only ERR-1; from 2.7 on MSA-3 is gone (the reason is in ERR-8).
@@ -36,7 +36,7 @@ ERROR_TEXTS = {
     "203": "Unsupported version id",
     "207": "Application internal error",
 }
-# contract.md §2: ERR-3 is 207 for protocol rules, a structure code (table 0357) for the hl7.* findings
+# docs/interfaces.md §2: ERR-3 is 207 for protocol rules, a structure code (table 0357) for the hl7.* findings
 # of a processed message.
 HL7_RULE_CODES = {"hl7.structure": "101", "hl7.order_control": "103"}
 _ASCII = {"²": "2", "³": "3", "×": "x", "µ": "u", "μ": "u", "≥": ">=", "≤": "<=", "−": "-", "–": "-", "—": "-",

@@ -3,7 +3,7 @@
 The entry points (CLI, Celery task, stream bridge) call `process_message` with
 the store they were wired with. The store write is the commit point: nothing
 is answered that is not stored, and a redelivered message gets its stored
-answer byte for byte (contract.md §3).
+answer byte for byte (docs/interfaces.md §3).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ REJUDGE_ATTEMPTS = 5  # a patient's history changed under us this often: let the
 
 @dataclass
 class Outcome:
-    result: dict[str, Any]  # the JSON result of contract.md §1, "response" included
+    result: dict[str, Any]  # the JSON result of docs/interfaces.md §1, "response" included
     redelivered: bool = False
 
     @property

@@ -228,7 +228,7 @@ def _selector_location(order: Order, field: str) -> Location | None:
 
 
 def _started(entry: HistoryEntry, at: datetime) -> bool:
-    """A GO dose whose planned start is at or before `at` has started (go-protocol.md, Cancellations)."""
+    """A GO dose whose planned start is at or before `at` has started (docs/protocol.md, Cancellations)."""
     return entry.protocol_order and entry.start is not None and entry.start <= at
 
 
@@ -261,7 +261,7 @@ def _history_entry(order: Order, order_set: OrderSet, protocol: Protocol, *, pro
 def _cancel(
     verdict: OrderVerdict, order_set: OrderSet, history: list[HistoryEntry], received_at: datetime
 ) -> Cancellation | None:
-    """CA/DC: matched on patient, sender and ORC-2 of an accepted order (go-protocol.md, Cancellations)."""
+    """CA/DC: matched on patient, sender and ORC-2 of an accepted order (docs/protocol.md, Cancellations)."""
     order = verdict.order
     done, unable = CANCEL_CONTROLS[order.control]
     match = next(

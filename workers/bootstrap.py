@@ -19,9 +19,8 @@ from typing import Any
 from validator import InMemoryStore, Outcome, Store, process_text
 from validator.er7 import decode
 from validator.protocol import ProtocolSet, load_protocol_set
-
-from . import metrics
-from .settings import Settings
+from workers import metrics
+from workers.settings import Settings
 
 log = logging.getLogger("rxgate.service")
 
@@ -52,7 +51,7 @@ class Service:
 
 
 def bootstrap(settings: Settings | None = None, *, store: Store | None = None) -> Service:
-    """Settings -> protocol, tz, store. The SQL store (workers.sqlstore) when it is installed.
+    """Settings -> protocol, tz, store. The SQL store (workers.store.sqlstore) when it is installed.
 
     Without it the in-memory store is used, which is only right for a single process (unit tests):
     a warning says so.
@@ -77,9 +76,9 @@ def open_store(url: str) -> Store:
         # a relative SQLite path (the default ./var/rxgate.db): make its directory
         Path(url.removeprefix("sqlite:///").split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
     try:
-        from .sqlstore import open_sql_store
+        from workers.store.sqlstore import open_sql_store
     except ImportError:
-        log.warning("workers.sqlstore is not installed: using an in-memory store (single process only, not kept)")
+        log.warning("workers.store.sqlstore is not installed: using an in-memory store (single process only, not kept)")
         return InMemoryStore()
     return open_sql_store(url)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .settings import Settings
+from workers.settings import Settings
 
 
 def _hide_password(url: str) -> str:
@@ -27,7 +27,7 @@ def check_broker(url: str, timeout: float = 2.0, settings: Settings | None = Non
     started = time.perf_counter()
     try:
         if settings is not None:  # the service's own client: follows Sentinel when configured
-            from .sentinel import broker_client
+            from workers.queue.sentinel import broker_client
 
             client = broker_client(settings, socket_timeout=timeout, socket_connect_timeout=timeout)
         else:
@@ -81,7 +81,7 @@ def check_database(url: str, timeout: float = 5.0) -> dict[str, Any]:
 
 def health_status(settings: Settings | None = None) -> dict[str, Any]:
     """{"status": "ok"|"unavailable", "broker": {...}, "database": {...}}; each part has ok, url, detail."""
-    from .embedded import resolve_broker_url
+    from workers.queue.embedded import resolve_broker_url
 
     settings = settings or Settings()
     broker = check_broker(resolve_broker_url(settings), settings=settings)

@@ -31,7 +31,7 @@ from typing import Any
 log = logging.getLogger("rxgate.metrics")
 
 OFF = {"off", "none", "-", "0", "false"}
-QUEUE = "rxgate.orders"  # workers.celery_app.QUEUE (not imported: that module builds the Celery app)
+QUEUE = "rxgate.orders"  # workers.queue.celery_app.QUEUE (not imported: that module builds the Celery app)
 
 
 def _configure() -> str | None:
@@ -41,7 +41,7 @@ def _configure() -> str | None:
         chosen = current
     else:
         try:
-            from .settings import Settings
+            from workers.settings import Settings
 
             settings = Settings()
             chosen = settings.metrics_dir.strip()
@@ -193,7 +193,7 @@ class QueueCollector:
     """Gauges read live from the broker: nothing stale is left behind by a process that died."""
 
     def __init__(self, settings=None, client=None):
-        from .settings import Settings
+        from workers.settings import Settings
 
         self.settings = settings or Settings()
         self._client = client
@@ -202,8 +202,8 @@ class QueueCollector:
         if self._client is None:
             import redis
 
-            from . import sentinel
-            from .embedded import resolve_broker_url
+            from workers.queue import sentinel
+            from workers.queue.embedded import resolve_broker_url
 
             if sentinel.enabled(self.settings):
                 self._client = sentinel.master_client(self.settings, socket_timeout=1.0)

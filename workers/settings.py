@@ -33,7 +33,7 @@ class Settings(BaseSettings):
 
         return Limits(self.max_message_bytes, self.max_segments, self.max_repetitions)
     log_level: str = "INFO"
-    # --- queue service (workers/celery_app.py, workers/bridge.py); seconds unless named otherwise ---
+    # --- queue service (workers/queue/celery_app.py, workers/queue/bridge.py); seconds unless named otherwise ---
     visibility_timeout: float = 3600  # Redis redelivers an unacked Celery task after this; > longest task + retry budget
     unacked_restore_interval: int = 10  # kombu: seconds between sweeps for unacked messages past the visibility timeout
     unacked_restore_throttle: int = 10  # kombu: only every Nth sweep scans Redis (period = interval x throttle)
@@ -54,16 +54,16 @@ class Settings(BaseSettings):
     claim_idle: float = 60.0  # XAUTOCLAIM entries another consumer left pending this long
     outbound_maxlen: int = 1_000_000  # MAXLEN ~ on rxgate:outbound (inbound and deadletter are never trimmed)
     submit_timeout: float = 30.0  # `rxgate submit`: seconds to wait for each response
-    audit_api_port: int = 8080  # `rxgate serve` runs the audit API here when workers.audit_api exists
+    audit_api_port: int = 8080  # `rxgate serve` runs the audit API here when workers.http.app exists
     audit_api_host: str = "127.0.0.1"
-    # --- MLLP listener (workers/mllp.py, `rxgate mllp`) ---
+    # --- MLLP listener (workers/queue/mllp.py, `rxgate mllp`) ---
     mllp_host: str = "127.0.0.1"  # 0.0.0.0 to accept interface engines on other hosts
     mllp_port: int = 2575
     mllp_timeout: float = 30.0  # seconds before an unanswered message gets AR rxgate.timeout; < the sender's ACK timeout
     mllp_max_frame: int = 10_000_000  # bytes; a larger frame is refused (AR) and its connection closed
     # --- metrics (workers/metrics.py) ---
     metrics_dir: str = ""  # prometheus multiprocess directory; empty: <var_dir>/metrics; "off": per-process only
-    # --- broker failover: Redis Sentinel (workers/celery_app.py, docs/scale-out.md) ---
+    # --- broker failover: Redis Sentinel (workers/queue/celery_app.py, docs/scale-out.md) ---
     broker_sentinels: str = ""  # "host1:26379,host2:26379,host3:26379": use Sentinel instead of broker_url
     broker_sentinel_master: str = "mymaster"  # the master name the sentinels monitor
     broker_sentinel_db: int = 0

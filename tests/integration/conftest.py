@@ -31,9 +31,8 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from workers.embedded import EmbeddedRedis, free_port, redis_answers, redis_executable
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import ROOT
+from workers.queue.embedded import EmbeddedRedis, free_port, redis_answers, redis_executable
 
 
 def _have_redis() -> bool:
@@ -150,13 +149,13 @@ def wait_outbound(r, outbound, n, timeout=60.0):
 
 
 def store(env):
-    from workers.sqlstore import open_sql_store
+    from workers.store.sqlstore import open_sql_store
 
     return open_sql_store(env["RXGATE_DATABASE_URL"])
 
 
 def audit_count(env) -> int:
-    from workers.sqlstore import MessageRow
+    from workers.store.sqlstore import MessageRow
 
     st = store(env)
     with st.read_session() as s:
@@ -167,7 +166,7 @@ def audit_count(env) -> int:
 
 def audit_per_control_id(env) -> dict[str, int]:
     """Audit records per MSH-10: every message must have exactly one."""
-    from workers.sqlstore import MessageRow
+    from workers.store.sqlstore import MessageRow
 
     st = store(env)
     with st.read_session() as s:

@@ -19,8 +19,8 @@ import pytest
 
 from tests.builders import adult_order_set, go_order
 from validator import load_protocol, process_text
-from workers.audit_api import create_app
-from workers.sqlstore import open_sql_store
+from workers.http.app import create_app
+from workers.store.sqlstore import open_sql_store
 
 pytestmark = pytest.mark.integration
 

@@ -177,7 +177,7 @@ def test_bridges_killed_at_random_points(env, tmp_path):
 
 
 def test_redis_restart_queued_messages_survive_and_clients_reconnect(own_redis, tmp_path):
-    from workers.celery_app import make_app
+    from workers.queue.celery_app import make_app
     from workers.settings import Settings
 
     e = service_env(own_redis.url, tmp_path, RXGATE_VISIBILITY_TIMEOUT="10")
@@ -232,7 +232,7 @@ def test_redis_restart_queued_messages_survive_and_clients_reconnect(own_redis, 
 
 def _outage(e, procs: Procs, r, cut, restore, label: str) -> None:
     """Warm up, cut the database for OUTAGE_S while messages arrive, restore: nothing answered meanwhile."""
-    from workers.celery_app import make_app
+    from workers.queue.celery_app import make_app
     from workers.settings import Settings
 
     inbound, outbound, _ = names(e)
@@ -347,7 +347,7 @@ def test_sqlite_locked_by_another_connection(redis_url, tmp_path):
 
 
 def test_message_that_always_fails_is_dead_lettered_and_the_queue_flows(env, tmp_path):
-    from workers.celery_app import make_app
+    from workers.queue.celery_app import make_app
     from workers.settings import Settings
 
     e = hooked_env(env, tmp_path, RXGATE_TEST_POISON="POISON", RXGATE_ERROR_RETRIES="2",
@@ -440,7 +440,7 @@ def test_sigterm_bridge_finishes_in_flight_and_acks_nothing_unfinished(env, tmp_
 
 
 def test_sigterm_celery_worker_finishes_in_flight(env, tmp_path):
-    from workers.celery_app import make_app
+    from workers.queue.celery_app import make_app
     from workers.settings import Settings
 
     started_log = tmp_path / "started.log"

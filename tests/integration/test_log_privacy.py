@@ -19,7 +19,7 @@ import pytest
 
 from tests.builders import adult_order_set, go_order
 from tests.integration.conftest import ROOT, service_env, wait_until
-from workers.embedded import free_port
+from workers.queue.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,7 @@ def test_no_patient_data_in_the_logs_of_a_service_run(redis_url, tmp_path):
         stderr_parts.append(dup.stderr)
         assert json.loads(dup.stdout)["ack_code"] == "AR"
         # the Celery path
-        from workers.celery_app import make_app
+        from workers.queue.celery_app import make_app
         from workers.settings import Settings
 
         app = make_app(Settings(broker_url=redis_url, visibility_timeout=3))

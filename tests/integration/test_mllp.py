@@ -15,8 +15,8 @@ import pytest
 
 from tests.builders import adult_order_set
 from tests.integration.conftest import Procs, audit_count, client, names
-from workers.embedded import free_port
-from workers.mllp import FrameReader, FrameTooLarge
+from workers.queue.embedded import free_port
+from workers.queue.mllp import FrameReader, FrameTooLarge
 
 pytestmark = pytest.mark.integration
 

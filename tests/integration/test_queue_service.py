@@ -31,16 +31,16 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures and helpers, r
     store,
     wait_outbound,
 )
+from tests.paths import ROOT
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = Path("/work/shared/samples/go/adult-day1-accept.hl7")
+
 
 
 def test_worker_and_bridge_answer_every_message_once(env, procs):
     """N messages on the stream and N on the Celery queue: N responses each, MSA-2 matching; a duplicate once."""
-    from workers.celery_app import make_app
+    from workers.queue.celery_app import make_app
     from workers.settings import Settings
 
     inbound, outbound, _ = names(env)
@@ -101,9 +101,9 @@ def test_poison_entries_end_on_the_deadletter_stream(env, procs):
 
 def test_store_down_after_retries_gives_deadletter_and_ar_207(env):
     """Real Redis, failing store: the entry is retried, then dead-lettered and answered AR 207, and not stored."""
-    from tests.test_tasks import FlakyStore, OperationalError
+    from tests.adapters.test_tasks import FlakyStore, OperationalError
     from workers.bootstrap import bootstrap
-    from workers.bridge import Bridge, redis_client
+    from workers.queue.bridge import Bridge, redis_client
     from workers.settings import Settings
 
     inbound, outbound, deadletter = names(env)
@@ -113,7 +113,7 @@ def test_store_down_after_retries_gives_deadletter_and_ar_207(env):
     bridge = Bridge(bootstrap(settings, store=st), redis_client(env["RXGATE_BROKER_URL"]), settings, consumer="x")
     r = client(env)
     r.xadd(inbound, {"hl7": adult_order_set("D0002", mrn="DM2")})
-    from workers.bridge import ensure_group
+    from workers.queue.bridge import ensure_group
 
     ensure_group(bridge.client, bridge.streams)
     bridge.step()
@@ -159,7 +159,7 @@ def test_kill9_bridge_mid_batch_then_restart(env, procs):
 
 
 def test_kill9_celery_worker_mid_batch_then_restart(env, procs):
-    from workers.celery_app import make_app
+    from workers.queue.celery_app import make_app
     from workers.settings import Settings
 
     app = make_app(Settings(broker_url=env["RXGATE_BROKER_URL"], visibility_timeout=3))

@@ -107,9 +107,9 @@ def _send_wave(r, app, inbound: str, sends: list[tuple[str, str, str]]) -> list[
 
 
 def test_four_workers_same_patient_concurrent_doses(env, procs, pg_url):
-    from workers.celery_app import make_app
+    from workers.queue.celery_app import make_app
     from workers.settings import Settings
-    from workers.sqlstore import DeliveryRow, MessageKeyRow, MessageRow, open_sql_store
+    from workers.store.sqlstore import DeliveryRow, MessageKeyRow, MessageRow, open_sql_store
 
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.update(RXGATE_DATABASE_URL=pg_url, RXGATE_STREAM_BATCH="1", RXGATE_STREAM_BLOCK_MS="100",
@@ -176,7 +176,7 @@ def test_history_changed_while_judging_is_judged_again(pg_url):
     from validator.protocol import load_protocol_set
     from workers.bootstrap import is_transient
     from workers.settings import Settings
-    from workers.sqlstore import HistoryChanged, MessageRow, open_sql_store
+    from workers.store.sqlstore import HistoryChanged, MessageRow, open_sql_store
 
     settings = Settings(timezone="America/New_York")
     protocol = load_protocol_set(settings.protocol, settings.protocol_field)
@@ -209,7 +209,7 @@ def test_history_changed_while_judging_is_judged_again(pg_url):
 def _redis_proc(tmp, name: str, *args: str):
     import subprocess
 
-    from workers.embedded import free_port, redis_executable
+    from workers.queue.embedded import free_port, redis_executable
 
     port = free_port()
     d = tmp / name
@@ -238,8 +238,8 @@ def test_sentinel_failover_celery_and_direct_clients_follow_the_master(tmp_path)
     """A real master, replica and sentinel: after SENTINEL FAILOVER, Celery and master_client write to the new master."""
     import redis
 
-    from workers import sentinel
-    from workers.celery_app import QUEUE, make_app
+    from workers.queue import sentinel
+    from workers.queue.celery_app import QUEUE, make_app
     from workers.settings import Settings
 
     procs = []

@@ -1,4 +1,4 @@
-"""The SQL store (workers/sqlstore.py) on SQLite and on the machine's PostgreSQL."""
+"""The SQL store (workers/store/sqlstore.py) on SQLite and on the machine's PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.builders import adult_order_set, cancel_message, go_dose_message, go_
 from validator import InMemoryStore, load_protocol, process_text
 from validator.history import Cancellation, HistoryEntry, KeyTaken, MessageKey, ProcessedMessage
 from validator.model import Coded
-from workers.sqlstore import (
+from workers.store.sqlstore import (
     Base,
     CancellationRow,
     ChainRow,

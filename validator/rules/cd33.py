@@ -65,7 +65,7 @@ def _assess(obs: Observation, minimum: Decimal, percent_units: list[str], dated:
         return _Assessment(False, False, f"{shown} is in {unit_label(obs.units)!r}, not a percentage of blasts; "
                            f"{need}", obs.location.model_copy(update={"field": 6}))
     if obs.value_type not in NUMERIC_VALUE_TYPES and "%" not in obs.raw_value:
-        # go-protocol.md, Units: a text value counts only when it holds a number with %.
+        # docs/protocol.md, Units: a text value counts only when it holds a number with %.
         return _Assessment(True, False, f"{shown} is text without a % sign: it does not state a percentage "
                            f"of blasts; {need}", obs.location)
     value, comparator = quantity.value, quantity.comparator.strip()

@@ -8,7 +8,7 @@ differs from RXE-3 must pass the same check. With `dose.max_mg_per_dose` set
 (the 2017 label: one 4.5 mg vial) the expected dose is min(mg/m² × BSA, cap)
 and any dose above the cap is refused.
 
-BSA (go-protocol.md, "How values are chosen"): Mosteller √(height cm × weight
+BSA (docs/protocol.md, "How values are chosen"): Mosteller √(height cm × weight
 kg / 3600), unrounded, from the most recent height and weight at or before the
 dose start (an undated one counts as current but loses to a dated one). A BSA
 OBX (8277-6) is then only cross-checked: more than `dose.bsa_crosscheck_percent`
@@ -118,7 +118,7 @@ def _obx_location(measure: Measure) -> Location | None:
 
 
 def body_surface(ctx: DoseContext, cannot_verify: str, where: Location | None) -> tuple[Bsa, list[Finding]]:
-    """The BSA for this dose, with the findings of choosing it (go-protocol.md, BSA)."""
+    """The BSA for this dose, with the findings of choosing it (docs/protocol.md, BSA)."""
     params = ctx.protocol.dose
     severity = params.severity
     obs, protocol, at = ctx.observations, ctx.protocol, ctx.start
@@ -184,7 +184,7 @@ class Judged:
 
 
 def _unit_kind(ctx: DoseContext, units: Coded) -> tuple[bool, Decimal | None]:
-    """(per m², mg factor): the identifier of RXE-5 decides, else its text (go-protocol.md, Units).
+    """(per m², mg factor): the identifier of RXE-5 decides, else its text (docs/protocol.md, Units).
 
     `mg^mg/m2` is mg: a text must not turn a mass dose into a per-m² one (or the reverse).
     """

@@ -1,4 +1,4 @@
-"""Choosing the pre-dose lab result a rule judges (go-protocol.md, "How values are chosen").
+"""Choosing the pre-dose lab result a rule judges (docs/protocol.md, "How values are chosen").
 
 Shared by `go.cd33`, `go.wbc` and `go.liver`: for each dose, the most recent
 result (OBX-14) at or before that dose's planned start, within the rule's

@@ -1,0 +1,146 @@
+"""`rxgate audit`: query the audit log, verify its hash chain, print its head (docs/interfaces.md §4).
+
+    rxgate audit [--db URL] [--patient ID] [--since DATE] [--until DATE] [--outcome AA|AE|AR]
+                 [--rule RULE] [--control-id ID] [--format table|json|csv] [--limit N]
+    rxgate audit verify [--db URL] [--anchor SEQ:HASH]   exit 0 intact, 1 broken (names the first bad seq)
+    rxgate audit head [--db URL]                          the latest sequence number and hash, to anchor
+
+The database is --db URL, else RXGATE_DATABASE_URL, else ./var/rxgate.db.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from typing import TextIO
+
+from pydantic import ValidationError
+
+from workers.cli.usage import UsageError
+from workers.settings import Settings
+
+CSV_COLUMNS = ["id", "received_at", "answered_at", "sender", "control_id", "message_type", "patient_id",
+               "outcome", "rules", "protocol_id", "protocol_version"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "audit",
+        help="query the audit log, or `audit verify` / `audit head`",
+        description="Query the audit log (filters combine with AND), `audit verify` to check its hash chain, "
+                    "`audit head` to print the latest sequence number and hash for anchoring elsewhere.",
+    )
+    p.add_argument("action", nargs="?", choices=("verify", "head"), help="verify the chain, or print its head")
+    p.add_argument("--db", help="database URL (else RXGATE_DATABASE_URL, else ./var/rxgate.db)")
+    p.add_argument("--patient", help="patient identifier (PID-3), or ID^authority")
+    p.add_argument("--since", metavar="DATE", help="received on or after DATE (YYYY-MM-DD, service time zone)")
+    p.add_argument("--until", metavar="DATE", help="received on or before DATE (inclusive)")
+    p.add_argument("--outcome", help="AA, AE or AR")
+    p.add_argument("--rule", help="messages with a finding of this rule id, e.g. go.dose")
+    p.add_argument("--control-id", dest="control_id", metavar="ID", help="the message's MSH-10")
+    p.add_argument("--format", default="table", help="table (default), json (JSON Lines) or csv")
+    p.add_argument("--limit", type=int, help="at most N messages")
+    p.add_argument("--anchor", metavar="SEQ:HASH", help="verify: also check record SEQ still has HASH")
+    p.set_defaults(func=cmd_audit)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise UsageError("; ".join(e["msg"] for e in exc.errors())) from None
+
+
+def _open(args: argparse.Namespace, settings: Settings):
+    from workers.store.sqlstore import open_sql_store
+
+    url = args.db or settings.database_url or "sqlite:///var/rxgate.db"
+    try:
+        return open_sql_store(url)
+    except Exception as exc:  # noqa: BLE001 - an unreachable or bad database is said plainly, exit 2
+        raise UsageError(f"--db: {exc}") from None
+
+
+def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from workers.store.audit import FilterError, iter_messages, parse_filter, verify_chain
+
+    out = out or sys.stdout
+    settings = _settings()
+    filters = {k: getattr(args, k) for k in ("patient", "since", "until", "outcome", "rule", "control_id")}
+    if args.action in ("verify", "head"):
+        used = [f"--{k.replace('_', '-')}" for k, v in filters.items() if v] + (
+            ["--format"] if args.format != "table" else [])
+        if used:
+            raise UsageError(f"audit {args.action} takes no filters ({', '.join(used)})")
+    if args.anchor and args.action != "verify":
+        raise UsageError("--anchor applies to `audit verify` only")
+    anchor = _parse_anchor(args.anchor) if args.anchor else None
+    if args.action is None:
+        if args.format not in ("table", "json", "csv"):
+            raise UsageError(f"--format must be table, json or csv (got {args.format!r})")
+        if args.limit is not None and args.limit < 1:
+            raise UsageError("--limit must be at least 1")
+        try:
+            flt = parse_filter(**filters)
+        except FilterError as exc:
+            raise UsageError(f"--{exc}") from None
+    store = _open(args, settings)
+    try:
+        if args.action == "head":
+            head = store.head()
+            if head is None:
+                out.write("audit log is empty (no head yet)\n")
+            else:
+                out.write(f"{head[0]} {head[1]}\n")
+            return 0
+        if args.action == "verify":
+            result = verify_chain(store, anchor=anchor)
+            out.write(result.describe() + "\n")
+            if result.intact and anchor is None and result.checked:
+                out.write("note: removal of the newest records is only detectable against an anchor: keep the "
+                          "output of `rxgate audit head` elsewhere and pass it with --anchor SEQ:HASH\n")
+            return 0 if result.intact else 1
+        rows = iter_messages(store, flt, settings.tz)
+        if args.limit:
+            rows = (r for i, r in zip(range(args.limit), rows, strict=False))
+        write_rows(rows, args.format, out)
+        return 0
+    finally:
+        store.dispose()
+
+
+def _parse_anchor(value: str) -> tuple[int, str]:
+    seq, _, hash_ = value.partition(":")
+    if not seq.isdigit() or len(hash_) != 64 or any(c not in "0123456789abcdef" for c in hash_):
+        raise UsageError(f"--anchor must be SEQ:HASH as printed by `rxgate audit head` (got {value!r})")
+    return int(seq), hash_
+
+
+def write_rows(rows, fmt: str, out: TextIO) -> None:
+    if fmt == "json":
+        for r in rows:
+            out.write(json.dumps(r, ensure_ascii=False) + "\n")
+    elif fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for r in rows:
+            writer.writerow([
+                r["id"], r["received_at"], r["answered_at"], r["sender"], r["control_id"] or "",
+                r["message_type"] or "", r["patient_id"] or "", r["outcome"] or "", " ".join(r["rules"]),
+                (r["protocol"] or {}).get("id", ""), (r["protocol"] or {}).get("version", ""),
+            ])
+    else:
+        header = ("ID", "RECEIVED", "CONTROL ID", "SENDER", "PATIENT", "OUTCOME", "RULES")
+        lines = [header]
+        for r in rows:
+            lines.append((
+                str(r["id"]), r["received_at"] or "", r["control_id"] or "-", r["sender"] or "-",
+                r["patient_id"] or "-", r["outcome"] or "?", ", ".join(r["rules"]) or "-",
+            ))
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+        for line in lines:
+            out.write("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1] + "\n")
+        if len(lines) == 1:
+            out.write("(no matching messages)\n")

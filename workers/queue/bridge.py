@@ -1,0 +1,400 @@
+"""The Redis stream bridge for interface engines (docs/interfaces.md §3).
+
+    XADD rxgate:inbound * hl7 <message>                       (the sender)
+    XADD rxgate:outbound * hl7 <response> control_id <MSH-10> ack_code <code> inbound_id <entry id>
+
+Delivery: the consumer group `rxgate` (created at `0` with MKSTREAM, so a backlog
+sent before the first start is read) hands each entry to one consumer. An entry
+is processed (the store commits the audit record, history and message key),
+then its response is published and the entry acknowledged and deleted in ONE
+MULTI/EXEC, batched for all entries of a read. A consumer killed between the
+two leaves the entry pending; another consumer (or itself after a restart)
+takes it over with XAUTOCLAIM once it has been idle `claim_idle` seconds, the
+store recognises the message key and returns the stored response byte for byte:
+one response per delivery, each dose counted once.
+
+Failures: a transient fault (database or broker down) is retried with
+exponential backoff for `retry_budget` seconds (>= 5 minutes in production),
+a non-transient exception `error_retries` times; then the entry goes to
+`rxgate:deadletter` with the reason and the sender gets `AR` ERR 207 "not
+processed, resend" — the one answer given without an audit record, not stored
+under the message key, so a resend is processed afresh. An entry without an
+`hl7` field is dead-lettered at once (and answered the same way).
+
+Retention: `rxgate:inbound` is never trimmed (entries are XDELeted once
+answered); `rxgate:outbound` is capped with `MAXLEN ~ outbound_maxlen` (default
+one million responses: keep it well above the backlog of the slowest reader);
+`rxgate:deadletter` is never trimmed (an operator reads and XDELs it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from validator.er7 import decode, split_messages
+from validator.history import BatchedStore
+from validator.reader import read_header
+from validator.response import build_rejection
+from validator.service import Outcome
+from workers import metrics
+from workers.bootstrap import Service, backoff_delays, default_consumer_name, is_transient
+from workers.settings import Settings
+
+log = logging.getLogger("rxgate.bridge")
+
+NOT_PROCESSED_RULE = "service.not_processed"
+
+
+@dataclass(frozen=True)
+class Streams:
+    inbound: str
+    outbound: str
+    deadletter: str
+    group: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Streams:
+        p = settings.stream_prefix
+        return cls(f"{p}:inbound", f"{p}:outbound", f"{p}:deadletter", settings.stream_group)
+
+
+def safe_reason(exc: BaseException) -> str:
+    """For logs: the exception class only (a database error's text can quote the message, i.e. patient data)."""
+    return f"{type(exc).__module__}.{type(exc).__qualname__}" + (" (transient)" if is_transient(exc) else "")
+
+
+def not_processed_result(text: str, reason: str, tz) -> dict[str, Any]:
+    """The AR with ERR 207 "not processed, resend", answered without an audit record (contract §3)."""
+    header = None
+    try:
+        split = split_messages(text)
+        if split.messages:
+            header = read_header(split.messages[0], tz)
+    except Exception:  # the header is a courtesy: without it the ACK has an empty MSA-2
+        header = None
+    message = "not processed, resend"
+    response = build_rejection(header, NOT_PROCESSED_RULE, "207", message, None, datetime.now(tz))
+    return {
+        "control_id": (header.control_id or None) if header else None,
+        "message_type": (header.message_type or None) if header else None,
+        "ack_code": "AR",
+        "orders": [],
+        "findings": [{"rule": NOT_PROCESSED_RULE, "severity": "error", "location": None, "message": message}],
+        "response": response,
+        "not_processed_reason": reason,
+    }
+
+
+def ensure_group(client: redis.Redis, streams: Streams) -> None:
+    """XGROUP CREATE <inbound> rxgate 0 MKSTREAM (at 0: a backlog sent before the first start is read)."""
+    try:
+        client.xgroup_create(streams.inbound, streams.group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _s(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def entry_time(entry_id: str, tz) -> datetime:
+    """The time Redis stored the entry: the received time of the message."""
+    try:
+        ms = int(entry_id.split("-")[0])
+        return datetime.fromtimestamp(ms / 1000, UTC).astimezone(tz)
+    except (ValueError, OverflowError):
+        return datetime.now(tz)
+
+
+class _GiveUp(Exception):
+    def __init__(self, reason: str, attempts: int, safe: str):
+        super().__init__(reason)
+        self.reason = reason  # for the dead-letter stream (which holds the message anyway)
+        self.safe = safe  # for logs: no exception text, which may quote patient data
+        self.attempts = attempts
+
+
+class _Stopped(Exception):
+    pass
+
+
+@dataclass
+class _Batch:
+    """The answers of processed entries, committed in one MULTI/EXEC."""
+
+    ops: list[tuple[str, list[dict[str, Any]], dict[str, Any] | None]] = field(default_factory=list)
+
+    def add(self, entry_id: str, responses: list[dict[str, Any]], deadletter: dict[str, Any] | None = None):
+        self.ops.append((entry_id, responses, deadletter))
+
+
+class Bridge:
+    def __init__(self, service: Service, client: redis.Redis, settings: Settings | None = None,
+                 consumer: str | None = None, stop: threading.Event | None = None):
+        self.service = service
+        self.client = client
+        self.settings = settings or service.settings
+        self.streams = Streams.from_settings(self.settings)
+        self.consumer = consumer or self.settings.consumer_name or default_consumer_name()
+        self.stop = stop or threading.Event()
+        self._claim_cursor = "0-0"
+        self._next_claim = 0.0
+        self.handled = 0
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        log.info("bridge consumer %s on %s (group %s)", self.consumer, self.streams.inbound, self.streams.group)
+        delays = None
+        first = True
+        while not self.stop.is_set():
+            try:
+                if first:
+                    ensure_group(self.client, self.streams)
+                    # entries this consumer name left pending before a restart
+                    self.handle(self._read("0"))
+                    first = False
+                self.step()
+                delays = None
+            except redis.RedisError as exc:  # the broker is down: wait it out, nothing is acked
+                delays = delays or backoff_delays(self.settings.model_copy(update={"retry_budget": float("inf")}))
+                delay = next(delays)
+                log.warning("bridge: Redis unavailable (%s); retrying in %.1f s", safe_reason(exc), delay)
+                self.stop.wait(delay)
+        self._release_unfinished()
+        log.info("bridge consumer %s stopped after %d entries", self.consumer, self.handled)
+
+    def step(self) -> int:
+        """One cycle: take over entries dead consumers left, else read new ones; process and answer them."""
+        entries = self._autoclaim() if time.monotonic() >= self._next_claim else []
+        if not entries:
+            entries = self._read(">", block=self.settings.stream_block_ms)
+        self.handle(entries)
+        return len(entries)
+
+    def _read(self, start: str, block: int | None = None) -> list[tuple[str, dict]]:
+        reply = self.client.xreadgroup(
+            self.streams.group, self.consumer, {self.streams.inbound: start},
+            count=self.settings.stream_batch, block=block,
+        )
+        entries = []
+        for _stream, items in reply or []:
+            entries.extend((_s(i), f) for i, f in items if f is not None)
+        return entries
+
+    def _autoclaim(self) -> list[tuple[str, dict]]:
+        idle_ms = int(self.settings.claim_idle * 1000)
+        reply = self.client.xautoclaim(
+            self.streams.inbound, self.streams.group, self.consumer, min_idle_time=idle_ms,
+            start_id=self._claim_cursor, count=self.settings.stream_batch,
+        )
+        cursor, items = _s(reply[0]), reply[1]
+        self._claim_cursor = cursor
+        if cursor in ("0-0", "0"):
+            # scanned the whole pending list: look again after a fraction of the idle time
+            self._next_claim = time.monotonic() + max(self.settings.claim_idle / 4, 0.05)
+        entries = [(_s(i), f) for i, f in items if f]
+        if entries:
+            log.info("bridge: took over %d entries idle > %.0f s", len(entries), self.settings.claim_idle)
+        return entries
+
+    # --- processing -------------------------------------------------------------------------------
+    def handle(self, entries: list[tuple[str, dict]]) -> None:
+        batch = _Batch()
+        remaining = [i for i, _ in entries]
+        try:
+            if len(entries) > 1 and self.settings.store_batch > 1:
+                entries = self._handle_together(entries, batch, remaining)
+            for entry_id, fields in entries:
+                if self.stop.is_set():
+                    break  # shutting down: answer what is finished, leave the rest pending
+                self._handle_one(entry_id, fields, batch, remaining)
+                remaining.remove(entry_id)
+        except _Stopped:
+            pass
+        finally:
+            self.commit(batch)
+            self._unfinished = remaining
+
+    def _handle_together(self, entries: list[tuple[str, dict]], batch: _Batch,
+                         remaining: list[str]) -> list[tuple[str, dict]]:
+        """Process entries with their store writes held and written together (`validator.history.BatchedStore`):
+        one transaction per `store_batch` entries or `store_batch_seconds`, whichever comes first, each
+        followed by the answers of the entries it wrote (so a long read does not hold back early answers).
+
+        Returns the entries left for `_handle_one`: all of them from the first that cannot be done this
+        way (no hl7 field, shutting down) or whose writes failed. A failed write wrote nothing of its
+        batch (a KeyTaken, a HistoryChanged, the database down), so those entries are processed again
+        one by one, with the retries and dead letters of that path; entries written before it keep
+        their answers (a redelivery of them would get the stored answer anyway).
+        """
+        staged = BatchedStore(self.service.store)
+        done: list[tuple[str, list[Outcome], float, int]] = []  # entry, outcomes, seconds, writes staged up to it
+        answered = 0
+
+        def answer_written() -> None:
+            nonlocal done, answered
+            written = [d for d in done if d[3] <= staged.written]
+            for entry_id, outcomes, seconds, _ in written:
+                metrics.observe(outcomes, seconds)
+                batch.add(entry_id, [o.result for o in outcomes])
+                remaining.remove(entry_id)
+            done = done[len(written):]
+            answered += len(written)
+            self.commit(batch)  # a Redis fault propagates: nothing more is acked, the entries stay pending
+            batch.ops.clear()
+
+        # the SQL store: this batch's reads share one connection
+        reads_together = getattr(self.service.store, "reads_together", contextlib.nullcontext)
+        try:
+            with reads_together():
+                opened = time.monotonic()
+                for entry_id, fields in entries:
+                    hl7 = fields.get(b"hl7", fields.get("hl7"))
+                    if hl7 is None or self.stop.is_set():
+                        break
+                    text = decode(hl7) if isinstance(hl7, bytes) else str(hl7)
+                    started = time.perf_counter()
+                    outcomes = self.service.process(text, received_at=entry_time(entry_id, self.service.tz),
+                                                    store=staged, observe=False)
+                    done.append((entry_id, outcomes, time.perf_counter() - started, staged.staged))
+                    if len(staged.held) >= self.settings.store_batch \
+                            or time.monotonic() - opened >= self.settings.store_batch_seconds:
+                        staged.flush()
+                        answer_written()
+                        opened = time.monotonic()
+                staged.flush()
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the unwritten entries take the one-by-one path below
+            log.warning("bridge: a batch write failed (%s); %d entries processed again one by one",
+                        safe_reason(exc), len(entries) - answered - sum(1 for *_, end in done if end <= staged.written))
+            metrics.retry("bridge", is_transient(exc))
+        answer_written()
+        return entries[answered:]
+
+    def _handle_one(self, entry_id: str, fields: dict, batch: _Batch, remaining: list[str]) -> None:
+        fields = {_s(k): v for k, v in fields.items()}
+        if "hl7" not in fields:
+            reason = "entry has no hl7 field (fields: " + ",".join(sorted(fields)[:10]) + ")"
+            log.warning("bridge: entry %s dead-lettered: %s", entry_id, reason)
+            result = not_processed_result("", reason, self.service.tz)
+            batch.add(entry_id, [result], self._deadletter_fields(entry_id, fields, reason, 1))
+            return
+        text = decode(fields["hl7"]) if isinstance(fields["hl7"], bytes) else str(fields["hl7"])
+        try:
+            outcomes = self._process(entry_id, text, batch, remaining)
+        except _GiveUp as exc:
+            log.error("bridge: entry %s not processed after %d attempts (%s): dead-lettered, AR sent",
+                      entry_id, exc.attempts, exc.safe)
+            result = not_processed_result(text, exc.reason, self.service.tz)
+            batch.add(entry_id, [result], self._deadletter_fields(entry_id, fields, exc.reason, exc.attempts))
+            return
+        batch.add(entry_id, [o.result for o in outcomes])
+
+    def _process(self, entry_id: str, text: str, batch: _Batch, remaining: list[str]):
+        received_at = entry_time(entry_id, self.service.tz)
+        delays = backoff_delays(self.settings)
+        attempts = errors = 0
+        while True:
+            attempts += 1
+            try:
+                return self.service.process(text, received_at=received_at)
+            except Exception as exc:  # processing never raises for bad input: this is the store or a bug
+                transient = is_transient(exc)
+                errors += 0 if transient else 1
+                delay = next(delays, None)
+                if delay is None or errors > self.settings.error_retries:
+                    detail = str(exc).splitlines()[0][:300] if str(exc) else ""
+                    reason = f"{safe_reason(exc)}: {detail}" if detail else safe_reason(exc)
+                    raise _GiveUp(reason, attempts, safe_reason(exc)) from exc
+                log.warning("bridge: entry %s attempt %d failed (%s); retrying in %.2f s",
+                            entry_id, attempts, safe_reason(exc), delay)
+                metrics.retry("bridge", transient)
+                # answer what is done, and keep this batch's other entries ours while we wait
+                self.commit(batch)
+                batch.ops.clear()
+                self._touch(remaining)
+                if self.stop.wait(delay):
+                    raise _Stopped() from exc
+
+    def _deadletter_fields(self, entry_id: str, fields: dict, reason: str, attempts: int) -> dict[str, Any]:
+        metrics.dead_letter("bridge")
+        out: dict[str, Any] = {}
+        for k, v in fields.items():
+            out[k if k not in ("reason", "inbound_id", "consumer", "attempts", "failed_at", "source") else f"orig_{k}"] = v
+        out.update(reason=reason, inbound_id=entry_id, consumer=self.consumer, attempts=attempts,
+                   failed_at=datetime.now(UTC).isoformat(), source="stream")
+        return out
+
+    # --- Redis writes -------------------------------------------------------------------------------
+    def commit(self, batch: _Batch) -> None:
+        """Responses out, entries acked and deleted: one MULTI/EXEC for the whole batch."""
+        if not batch.ops:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        for entry_id, responses, deadletter in batch.ops:
+            if deadletter is not None:
+                pipe.xadd(self.streams.deadletter, deadletter)  # never trimmed
+            for result in responses:
+                pipe.xadd(self.streams.outbound, outbound_fields(result, entry_id),
+                          maxlen=self.settings.outbound_maxlen, approximate=True)
+            pipe.xack(self.streams.inbound, self.streams.group, entry_id)
+            pipe.xdel(self.streams.inbound, entry_id)
+        pipe.execute()
+        self.handled += len(batch.ops)
+
+    def _touch(self, ids: list[str]) -> None:
+        """Reset the idle time of entries we still hold, so no other consumer takes them over meanwhile."""
+        if ids:
+            self.client.xclaim(self.streams.inbound, self.streams.group, self.consumer, 0, ids, justid=True)
+
+    def _release_unfinished(self) -> None:
+        """At shutdown: entries read but not answered stay pending, marked idle so the next consumer takes them now."""
+        ids = getattr(self, "_unfinished", [])
+        if not ids:
+            return
+        try:
+            self.client.xclaim(self.streams.inbound, self.streams.group, self.consumer, 0, ids,
+                               idle=int(self.settings.claim_idle * 1000), justid=True)
+            log.info("bridge: %d unfinished entries left pending for another consumer", len(ids))
+        except redis.RedisError:
+            pass
+
+
+def outbound_fields(result: dict[str, Any], entry_id: str) -> dict[str, str]:
+    return {
+        "hl7": result["response"],
+        "control_id": result.get("control_id") or "",
+        "ack_code": result["ack_code"],
+        "inbound_id": entry_id,
+    }
+
+
+def redis_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
+
+
+def deadletter_celery(url: str, settings: Settings, text: str, reason: str, attempts: int, task_id: str) -> None:
+    """The Celery path's give-up record on the same dead-letter stream (best effort: the broker may be down)."""
+    streams = Streams.from_settings(settings)
+    try:
+        redis_client(url).xadd(streams.deadletter, {
+            "hl7": text, "reason": reason, "attempts": attempts, "task_id": task_id, "source": "celery",
+            "failed_at": datetime.now(UTC).isoformat(),
+        })
+    except redis.RedisError as exc:
+        log.error("celery task %s: could not dead-letter (%s)", task_id, safe_reason(exc))
+
+
+def dumps(result: dict[str, Any]) -> str:
+    return json.dumps(result, ensure_ascii=False)

@@ -1,0 +1,337 @@
+"""Auditors' queries over the SQL audit log, and verification of its hash chain (contract §4).
+
+Used by `rxgate audit` (workers/cli/audit.py) and the HTTP API (workers/http/app.py), so both
+apply the same filters the same way:
+
+- patient: PID-3 identifier as sent, or the history key `ID^authority`;
+- since/until: inclusive calendar dates in the service's time zone, on the received time;
+- outcome: the message's ack code AA, AE or AR;
+- rule: messages with at least one finding of that rule id (any severity);
+- control_id: the input's MSH-10.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select
+
+from workers.store.sqlstore import (
+    GENESIS_HASH,
+    ChainRow,
+    FindingRow,
+    MessageRow,
+    ResponseRow,
+    SqlStore,
+    VerdictRow,
+    _decode_raw,
+    chain_hash,
+    record_content,
+)
+
+OUTCOMES = ("AA", "AE", "AR")
+_RULE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+MAX_LIMIT = 1000
+
+
+class FilterError(ValueError):
+    """A filter value that cannot be used (the CLI exits 2, the API answers 422)."""
+
+
+@dataclass
+class AuditFilter:
+    patient: str | None = None
+    since: date | None = None
+    until: date | None = None
+    outcome: str | None = None
+    rule: str | None = None
+    control_id: str | None = None
+
+    def check(self) -> AuditFilter:
+        if self.outcome is not None and self.outcome not in OUTCOMES:
+            raise FilterError(f"outcome must be one of AA, AE, AR (got {self.outcome!r})")
+        if self.since and self.until and self.since > self.until:
+            raise FilterError(f"since ({self.since}) is after until ({self.until})")
+        if self.rule is not None and not _RULE_RE.match(self.rule):
+            raise FilterError(f"rule must be a rule id such as go.dose (got {self.rule!r})")
+        return self
+
+
+def parse_date(value: str | None, name: str) -> date | None:
+    if value is None or value == "":
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise FilterError(f"{name} must be a date YYYY-MM-DD (got {value!r})") from None
+
+
+def parse_filter(
+    patient: str | None = None, since: str | None = None, until: str | None = None, outcome: str | None = None,
+    rule: str | None = None, control_id: str | None = None,
+) -> AuditFilter:
+    """Strings as typed (CLI) to a checked filter; raises FilterError naming the bad value."""
+    return AuditFilter(
+        patient=patient or None,
+        since=parse_date(since, "since"),
+        until=parse_date(until, "until"),
+        outcome=outcome.upper() if outcome else None,
+        rule=rule or None,
+        control_id=control_id or None,
+    ).check()
+
+
+def _day_start_utc(day: date, tz: tzinfo) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=tz).astimezone(UTC)
+
+
+def _conditions(flt: AuditFilter, tz: tzinfo) -> list:
+    conds = []
+    if flt.patient:
+        conds.append(or_(MessageRow.patient_id == flt.patient, MessageRow.patient_key == flt.patient))
+    if flt.since:
+        conds.append(MessageRow.received_at >= _day_start_utc(flt.since, tz))
+    if flt.until:
+        conds.append(MessageRow.received_at < _day_start_utc(flt.until + timedelta(days=1), tz))
+    if flt.outcome:
+        conds.append(VerdictRow.ack_code == flt.outcome)
+    if flt.rule:
+        conds.append(exists().where(and_(FindingRow.message_id == MessageRow.id, FindingRow.rule == flt.rule)))
+    if flt.control_id:
+        conds.append(MessageRow.control_id == flt.control_id)
+    return conds
+
+
+def _local_iso(value: datetime | None, tz: tzinfo) -> str | None:
+    return None if value is None else value.astimezone(tz).isoformat(timespec="seconds")
+
+
+def _finding_json(f: FindingRow) -> dict[str, Any]:
+    return {"rule": f.rule, "severity": f.severity, "location": f.location, "message": f.message,
+            "order_index": f.order_index, "placer_order_number": f.placer_number}
+
+
+def _summary(m: MessageRow, v: VerdictRow | None, findings: list[FindingRow], tz: tzinfo) -> dict[str, Any]:
+    rules: list[str] = []
+    for f in findings:
+        if f.severity != "info" and f.rule not in rules:
+            rules.append(f.rule)
+    return {
+        "id": m.id,
+        "received_at": _local_iso(m.received_at, tz),
+        "answered_at": _local_iso(m.answered_at, tz),
+        "sender": m.sender,
+        "control_id": m.control_id,
+        "message_type": m.message_type,
+        "patient_id": m.patient_id,
+        "outcome": v.ack_code if v else None,
+        "rules": rules,
+        "findings": [_finding_json(f) for f in findings],
+        "protocol": {"id": v.protocol_id, "version": v.protocol_version} if v else None,
+    }
+
+
+def query_messages(
+    store: SqlStore, flt: AuditFilter, tz: tzinfo, limit: int | None = None, offset: int = 0
+) -> tuple[int, list[dict[str, Any]]]:
+    """(total matching, the page of summaries in sequence order)."""
+    conds = _conditions(flt, tz)
+    with store.read_session() as s:
+        base = select(MessageRow, VerdictRow).outerjoin(VerdictRow, VerdictRow.message_id == MessageRow.id)
+        if conds:
+            base = base.where(*conds)
+        total = s.execute(select(func.count()).select_from(base.subquery())).scalar_one()
+        page = base.order_by(MessageRow.id).offset(offset)
+        if limit is not None:
+            page = page.limit(limit)
+        rows = s.execute(page).all()
+        ids = [m.id for m, _ in rows]
+        by_message: dict[int, list[FindingRow]] = defaultdict(list)
+        for chunk in _chunks(ids, 500):
+            for f in s.execute(
+                select(FindingRow).where(FindingRow.message_id.in_(chunk)).order_by(FindingRow.message_id,
+                                                                                   FindingRow.position)
+            ).scalars():
+                by_message[f.message_id].append(f)
+        return total, [_summary(m, v, by_message[m.id], tz) for m, v in rows]
+
+
+def iter_messages(store: SqlStore, flt: AuditFilter, tz: tzinfo, batch: int = 500):
+    """Every matching summary, fetched page by page (for CLI exports of a large log)."""
+    offset = 0
+    while True:
+        _total, page = query_messages(store, flt, tz, limit=batch, offset=offset)
+        yield from page
+        if len(page) < batch:
+            return
+        offset += batch
+
+
+def get_message(store: SqlStore, message_id: int, tz: tzinfo) -> dict[str, Any] | None:
+    """One record in full: summary, findings, raw message, response, computed values, chain link."""
+    with store.read_session() as s:
+        m = s.get(MessageRow, message_id)
+        if m is None:
+            return None
+        v = s.get(VerdictRow, message_id)
+        r = s.get(ResponseRow, message_id)
+        c = s.get(ChainRow, message_id)
+        findings = list(
+            s.execute(select(FindingRow).where(FindingRow.message_id == message_id).order_by(FindingRow.position))
+            .scalars()
+        )
+        detail = _summary(m, v, findings, tz)
+        result = json.loads(v.result) if v else {}
+        detail.update(
+            {
+                "sending_application": m.sending_application,
+                "sending_facility": m.sending_facility,
+                "patient_key": m.patient_key,
+                "content_sha256": m.content_sha256,
+                "raw_message": _decode_raw(m.raw_message),
+                "response": r.response if r else None,
+                "computed": json.loads(v.computed) if v else {},
+                "orders": result.get("orders", []),
+                "chain": {"seq": c.seq, "prev_hash": c.prev_hash, "hash": c.hash} if c else None,
+            }
+        )
+        return detail
+
+
+def stats(store: SqlStore, flt: AuditFilter, tz: tzinfo) -> list[dict[str, Any]]:
+    """Per local day: message count, counts by outcome, counts of messages by rule (error/warning)."""
+    conds = _conditions(flt, tz)
+    days: dict[str, dict[str, Any]] = {}
+    with store.read_session() as s:
+        q = select(MessageRow.id, MessageRow.received_at, VerdictRow.ack_code).outerjoin(
+            VerdictRow, VerdictRow.message_id == MessageRow.id
+        )
+        if conds:
+            q = q.where(*conds)
+        day_of: dict[int, str] = {}
+        for mid, received, ack in s.execute(q.order_by(MessageRow.id)):
+            day = received.astimezone(tz).date().isoformat()
+            day_of[mid] = day
+            entry = days.setdefault(day, {"date": day, "messages": 0, "outcomes": Counter(), "rules": Counter()})
+            entry["messages"] += 1
+            entry["outcomes"][ack or "?"] += 1
+        ids = list(day_of)
+        for chunk in _chunks(ids, 500):
+            pairs = s.execute(
+                select(FindingRow.message_id, FindingRow.rule)
+                .where(FindingRow.message_id.in_(chunk), FindingRow.severity != "info")
+                .distinct()
+            ).all()
+            for mid, rule in pairs:
+                days[day_of[mid]]["rules"][rule] += 1
+    out = []
+    for day in sorted(days):
+        e = days[day]
+        out.append({
+            "date": day,
+            "messages": e["messages"],
+            "outcomes": {k: e["outcomes"].get(k, 0) for k in OUTCOMES},
+            "rules": dict(sorted(e["rules"].items(), key=lambda kv: (-kv[1], kv[0]))),
+        })
+    return out
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+# ---------------------------------------------------------------------------------------------
+# chain verification
+
+
+@dataclass
+class Verification:
+    intact: bool
+    checked: int = 0
+    first_bad_seq: int | None = None
+    reason: str = ""
+    head_seq: int | None = None
+    head_hash: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        if self.intact:
+            if not self.checked:
+                return "audit chain intact: the log is empty"
+            return f"audit chain intact: {self.checked} records, head seq {self.head_seq} hash {self.head_hash}"
+        return f"audit chain BROKEN at sequence number {self.first_bad_seq}: {self.reason}"
+
+
+def verify_chain(store: SqlStore, anchor: tuple[int, str] | None = None, batch: int = 500) -> Verification:
+    """Recompute every record's hash from its rows and the previous hash; stop at the first bad one.
+
+    Detected: an edited audited column (content hash differs), a removed record (sequence gap or a
+    previous-hash link that no longer matches), an inserted record (a link or hash that does not match,
+    or a message row without a chain entry). Cutting off the newest records leaves a valid shorter chain:
+    only a comparison with an anchor recorded elsewhere (`rxgate audit head`) reveals it; pass it as
+    `anchor=(seq, hash)`.
+    """
+    prev_hash = GENESIS_HASH
+    expected = 1
+    checked = 0
+    with store.read_session() as s:
+        last_seq = 0
+        while True:
+            chain = list(
+                s.execute(select(ChainRow).where(ChainRow.seq > last_seq).order_by(ChainRow.seq).limit(batch)).scalars()
+            )
+            if not chain:
+                break
+            lo, hi = chain[0].seq, chain[-1].seq
+            messages = {m.id: m for m in s.execute(
+                select(MessageRow).where(MessageRow.id >= lo, MessageRow.id <= hi)).scalars()}
+            verdicts = {v.message_id: v for v in s.execute(
+                select(VerdictRow).where(VerdictRow.message_id >= lo, VerdictRow.message_id <= hi)).scalars()}
+            responses = {r.message_id: r for r in s.execute(
+                select(ResponseRow).where(ResponseRow.message_id >= lo, ResponseRow.message_id <= hi)).scalars()}
+            findings: dict[int, list[FindingRow]] = defaultdict(list)
+            for f in s.execute(select(FindingRow).where(FindingRow.message_id >= lo, FindingRow.message_id <= hi)):
+                findings[f[0].message_id].append(f[0])
+            for row in chain:
+                if row.seq != expected:
+                    return _broken(checked, expected, f"record {expected} is missing (the next record is {row.seq})")
+                if row.prev_hash != prev_hash:
+                    return _broken(checked, row.seq, "its link to the previous record does not match "
+                                                     "(a record before it was removed, inserted or rewritten)")
+                message = messages.get(row.seq)
+                if message is None:
+                    return _broken(checked, row.seq, "its message row was removed")
+                content = record_content(message, verdicts.get(row.seq), responses.get(row.seq), findings[row.seq])
+                if chain_hash(content, row.seq, prev_hash) != row.hash:
+                    return _broken(checked, row.seq, "its content was altered (message, verdict, findings or "
+                                                     "response differ from what was recorded)")
+                prev_hash = row.hash
+                expected += 1
+                checked += 1
+            last_seq = hi
+        orphan = s.execute(
+            select(func.min(MessageRow.id)).where(~exists().where(ChainRow.seq == MessageRow.id))
+        ).scalar_one_or_none()
+        if orphan is not None:
+            return _broken(checked, orphan, "a message row without a chain entry was inserted")
+    head_seq = expected - 1 if checked else None
+    result = Verification(True, checked=checked, head_seq=head_seq, head_hash=prev_hash if checked else None)
+    if anchor is not None:
+        a_seq, a_hash = anchor
+        if head_seq is None or a_seq > head_seq:
+            return _broken(checked, a_seq, f"the anchored record {a_seq} is gone: the newest records were cut off")
+        with store.read_session() as s:
+            stored = s.get(ChainRow, a_seq)
+        if stored is None or stored.hash != a_hash:
+            return _broken(checked, a_seq, "its hash differs from the anchor: the chain was rewritten")
+    return result
+
+
+def _broken(checked: int, seq: int, reason: str) -> Verification:
+    return Verification(False, checked=checked, first_bad_seq=seq, reason=reason)

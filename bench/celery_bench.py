@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.queue.tasks import app  # noqa: F401 - registers rxgate.validate on the service's app
+from workers.queue.celery_app import get_app
+
+# `celery -A bench.celery_bench` needs an app object in this module: the service's own (rxgate.validate
+# registered, same configuration), built when the worker imports this module
+app = get_app()
 
 NOOP = "bench.noop"
 

@@ -8,16 +8,21 @@ Every segment helper returns one segment line; `message(...)` joins them with \\
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from validator import InMemoryStore, load_protocol, process_text
 from validator.er7 import split_messages
+from validator.history import MessageKey, ProcessedMessage
 from validator.reader import read_order_set
 from validator.verdict import judge
 
 UTC = ZoneInfo("UTC")
 GO_START = "20261201100000"
+# Mosteller BSA of the adult example: sqrt(165 * 62 / 3600) m2; 9 mg/m2 -> the expected GO dose in mg (unrounded)
+EXPECTED_MG = Decimal(9) * (Decimal(165) * Decimal(62) / Decimal(3600)).sqrt()
 
 
 def msh(control_id: str = "T0001", *, version: str = "2.5.1", message_type: str = "RDE^O11^RDE_O11",
@@ -233,3 +238,55 @@ def dose_context(text: str, *, history=None, protocol=None, dose_index: int = 0,
     return DoseContext(order_set=order_set, dose=dose, protocol=protocol, history=list(history or []),
                        observations=observations, tz=tz, received_at=received_at,
                        age_years=age_in_years(order_set.patient.birth_date, dose.timing.start, tz))
+
+
+def msa(response: str) -> list[str]:
+    """The fields of a response's MSA segment (MSA-1 ack code at [1], MSA-2 control id at [2])."""
+    line = next(seg for seg in response.split("\r") if seg.startswith("MSA|"))
+    return line.split("|")
+
+
+# --- audit records and the audit API's credentials (rxgate audit, the HTTP API, its security tests) ------
+
+NY = ZoneInfo("America/New_York")
+
+
+def finding(rule: str, severity: str = "error", location: str | None = "RXE-3") -> dict:
+    return {"rule": rule, "severity": severity, "location": location, "message": f"{rule} says no"}
+
+
+def audit_record(control_id: str, received_at: datetime, ack: str = "AA", findings=(), patient: str = "MRN1",
+           authority: str = "GENHOSP") -> ProcessedMessage:
+    result = {"control_id": control_id, "message_type": "RDE^O11^RDE_O11", "ack_code": ack,
+              "patient_id": patient or None,
+              "orders": [{"placer_order_number": "P1", "drug": "gemtuzumab ozogamicin", "protocol_order": True,
+                          "order_control": "OK" if ack == "AA" else "UA", "findings": list(findings)}],
+              "findings": list(findings), "response": f"MSH|^~\\&|RXGATE|GENHOSP|APP|FAC|||RRE^O12|R{control_id}"}
+    return ProcessedMessage(
+        key=MessageKey(sending_application="APP", sending_facility="FAC", control_id=control_id,
+                       content_sha256=hashlib.sha256(control_id.encode()).hexdigest()),
+        received_at=received_at, answered_at=received_at, sender="APP^FAC", control_id=control_id,
+        patient_key=f"{patient}^{authority}" if patient else "", raw_message=f"MSH|^~\\&|APP|FAC|||||RDE^O11|{control_id}",
+        ack_code=ack, result=result, response=result["response"], protocol_id="go-rr-9mg-d1-d14",
+        protocol_version="v1",
+    )
+
+
+def fill_audit_store(url: str) -> None:
+    """Five records: C1 late on Nov 30 (New York), C2 at local midnight Dec 1, C3 late Dec 1, C4 (AR) and C5 Dec 2."""
+    from workers.store.sqlstore import open_sql_store  # here: the other builders need only the core
+
+    store = open_sql_store(url)
+    store.save(audit_record("C1", datetime(2026, 11, 30, 23, 59, 59, tzinfo=NY)))
+    store.save(audit_record("C2", datetime(2026, 12, 1, 0, 0, 0, tzinfo=NY), "AE", [finding("go.dose")]))
+    store.save(audit_record("C3", datetime(2026, 12, 1, 23, 59, 59, tzinfo=NY), "AE",
+                      [finding("go.route", location="RXR-1"), finding("go.dose", "warning")], patient="MRN2"))
+    store.save(audit_record("C4", datetime(2026, 12, 2, 0, 0, 0, tzinfo=NY), "AR",
+                      [finding("hl7.structure", location=None)], patient=""))
+    store.save(audit_record("C5", datetime(2026, 12, 2, 12, 0, tzinfo=NY), "AA", [finding("go.bsa", "info")]))
+    store.dispose()
+
+
+AUDIT_TOKEN = "s3cret-audit-token"
+AUDIT_TOKEN_SHA = hashlib.sha256(AUDIT_TOKEN.encode()).hexdigest()
+AUDIT_AUTH = {"Authorization": f"Bearer {AUDIT_TOKEN}"}

@@ -7,8 +7,8 @@ import threading
 import fakeredis
 import pytest
 
-from tests.adapters.test_tasks import FlakyStore, OperationalError, msa
-from tests.builders import adult_order_set
+from tests.builders import adult_order_set, msa
+from tests.fakes import FakeClock, FlakyStore, OperationalError
 from validator import InMemoryStore
 from workers.bootstrap import bootstrap
 from workers.queue.bridge import Bridge, Streams, ensure_group
@@ -27,9 +27,12 @@ def client():
     return fakeredis.FakeRedis()
 
 
-def make(client, store=None, consumer="c1", **kw) -> Bridge:
+def make(client, store=None, consumer="c1", clock=None, **kw) -> Bridge:
+    """A bridge whose clock stands still unless the test moves it: the store batch window never closes
+    by itself, however slow the machine (a real 20 ms window splits batches on a busy 2-core box)."""
     s = settings(**kw)
-    return Bridge(bootstrap(s, store=store or InMemoryStore()), client, s, consumer=consumer)
+    return Bridge(bootstrap(s, store=store or InMemoryStore()), client, s, consumer=consumer,
+                  clock=clock or FakeClock())
 
 
 def outbound(client, name="t:outbound"):
@@ -71,6 +74,53 @@ def test_batch_of_messages_answered_in_one_transaction(client):
     assert [o["control_id"] for o in out] == [f"B1{i:03d}" for i in range(7)]
     assert [o["inbound_id"] for o in out] == ids
     assert client.xlen("t:inbound") == 0
+
+
+def test_batch_window_closes_on_the_clock_not_on_the_count(client):
+    """store_batch 100, window 20 ms: the clock passes the window after the third message, so the first three
+    are written (one transaction) and answered before the other four are processed."""
+    clock = FakeClock()
+    store = InMemoryStore()
+    bridge = make(client, store, clock=clock, store_batch=100, store_batch_seconds=0.02)
+    ensure_group(client, bridge.streams)
+    for i in range(7):
+        client.xadd("t:inbound", {"hl7": adult_order_set(f"BW{i:03d}", mrn=f"PBW{i}")})
+    writes, answered_at_write = [], []
+    real_save_all, real_process = store.save_all, bridge.service.process
+    processed = 0
+
+    def save_all(batch, deliveries=()):
+        writes.append([p.control_id for p in batch])
+        answered_at_write.append(client.xlen("t:outbound"))
+        real_save_all(batch, deliveries)
+
+    def process(*args, **kwargs):
+        nonlocal processed
+        outcomes = real_process(*args, **kwargs)
+        processed += 1
+        if processed == 3:
+            clock.advance(0.5)  # the window is long over once the third message is judged
+        return outcomes
+
+    store.save_all, bridge.service.process = save_all, process
+    bridge.step()
+    assert writes == [[f"BW{i:03d}" for i in range(3)], [f"BW{i:03d}" for i in range(3, 7)]]
+    assert answered_at_write == [0, 3]  # the first three were answered before the rest was written
+    assert [o["control_id"] for o in outbound(client)] == [f"BW{i:03d}" for i in range(7)]
+
+
+def test_batch_is_cut_by_store_batch_when_the_clock_stands_still(client):
+    store = InMemoryStore()
+    bridge = make(client, store, store_batch=3)
+    ensure_group(client, bridge.streams)
+    for i in range(7):
+        client.xadd("t:inbound", {"hl7": adult_order_set(f"BC{i:03d}", mrn=f"PBC{i}")})
+    sizes = []
+    real = store.save_all
+    store.save_all = lambda batch, deliveries=(): (sizes.append(len(batch)), real(batch, deliveries))
+    bridge.step()
+    assert sizes == [3, 3, 1]
+    assert client.xlen("t:outbound") == 7
 
 
 def test_duplicate_delivery_gets_the_same_response_and_one_history_entry(client):
@@ -206,7 +256,7 @@ def test_shutdown_leaves_unfinished_entries_pending_and_unanswered(client):
     stop = threading.Event()
     s = settings()
     store = FlakyStore(10_000, OperationalError("down"))
-    bridge = Bridge(bootstrap(s, store=store), client, s, consumer="c", stop=stop)
+    bridge = Bridge(bootstrap(s, store=store), client, s, consumer="c", stop=stop, clock=FakeClock())
     ensure_group(client, bridge.streams)
     client.xadd("t:inbound", {"hl7": adult_order_set("B9001")})
     store_save = store.save

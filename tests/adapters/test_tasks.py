@@ -4,65 +4,69 @@ from __future__ import annotations
 
 import pytest
 
-from tests.builders import adult_order_set
+from tests.builders import adult_order_set, msa
+from tests.fakes import FlakyStore, OperationalError
 from validator import InMemoryStore
 from workers.bootstrap import backoff_delays, bootstrap, is_transient, retry_count
 from workers.queue import tasks
 from workers.queue.celery_app import QUEUE, TASK, make_app
 from workers.settings import Settings
 
-
-def msa(response: str) -> list[str]:
-    line = next(seg for seg in response.split("\r") if seg.startswith("MSA|"))
-    return line.split("|")
+SETTINGS = Settings(retry_budget=0.5, retry_initial_delay=0.01, retry_max_delay=0.1, error_retries=2,
+                    broker_url="redis://127.0.0.1:1/0")
 
 
-class FlakyStore(InMemoryStore):
-    """Fails `save` the first `failures` times with `exc`."""
-
-    def __init__(self, failures: int, exc: Exception):
-        super().__init__()
-        self.failures, self.exc, self.calls = failures, exc, 0
-
-    def save(self, processed):
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise self.exc
-        super().save(processed)
-
-
-class OperationalError(Exception):
-    """Named like SQLAlchemy's: a database fault."""
+@pytest.fixture(scope="module")
+def app():
+    """An app of its own (a dead broker URL: nothing is sent), tasks run eagerly."""
+    app = make_app(SETTINGS)
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = False  # True would re-raise Retry instead of retrying eagerly
+    return app
 
 
 @pytest.fixture
-def eager(monkeypatch):
-    settings = Settings(retry_budget=0.5, retry_initial_delay=0.01, retry_max_delay=0.1, error_retries=2,
-                        broker_url="redis://127.0.0.1:1/0")
-    tasks.app.conf.task_always_eager = True
-    tasks.app.conf.task_eager_propagates = False  # True would re-raise Retry instead of retrying eagerly
-    monkeypatch.setattr(tasks.app, "rxgate_settings", settings)
+def validate(app):
+    return app.tasks[TASK]
 
+
+@pytest.fixture
+def eager(app):
     def use(store):
-        service = bootstrap(settings, store=store)
+        service = bootstrap(SETTINGS, store=store)
         tasks.set_service(service)
         return service
 
     yield use
     tasks.set_service(None)
-    tasks.app.conf.task_always_eager = False
 
 
-def test_task_name_and_queue_are_the_contract():
-    assert tasks.validate.name == TASK == "rxgate.validate"
-    assert tasks.app.conf.task_routes[TASK]["queue"] == QUEUE == "rxgate.orders"
-    assert tasks.app.conf.task_default_queue == "rxgate.orders"
+def test_task_name_and_queue_are_the_contract(app, validate):
+    assert validate.name == TASK == "rxgate.validate"
+    assert app.conf.task_routes[TASK]["queue"] == QUEUE == "rxgate.orders"
+    assert app.conf.task_default_queue == "rxgate.orders"
 
 
-def test_result_is_the_json_of_contract_section_1(eager):
+def test_the_module_attributes_are_the_process_app_made_on_first_use(monkeypatch):
+    """`celery -A workers.queue.tasks` reads `tasks.app`; it is built when read, from Settings(), once."""
+    from workers.queue import celery_app
+
+    monkeypatch.setenv("RXGATE_BROKER_URL", "redis://127.0.0.1:1/0")
+    celery_app.get_app.cache_clear()
+    try:
+        assert tasks.app is tasks.app is celery_app.get_app()
+        assert tasks.validate is tasks.app.tasks[TASK]
+        assert tasks.app.conf.broker_url == "redis://127.0.0.1:1/0"
+        with pytest.raises(AttributeError):
+            tasks.no_such_thing  # noqa: B018
+    finally:
+        celery_app.get_app.cache_clear()
+
+
+def test_result_is_the_json_of_contract_section_1(eager, validate):
     store = InMemoryStore()
     eager(store)
-    result = tasks.validate.delay(adult_order_set("TASK01")).get()
+    result = validate.delay(adult_order_set("TASK01")).get()
     assert result["control_id"] == "TASK01"
     assert result["ack_code"] in {"AA", "AE"}
     assert msa(result["response"])[1:3] == [result["ack_code"], "TASK01"]
@@ -70,62 +74,62 @@ def test_result_is_the_json_of_contract_section_1(eager):
     assert len(store.audit) == 1
 
 
-def test_redelivered_task_returns_the_stored_answer_byte_for_byte(eager):
+def test_redelivered_task_returns_the_stored_answer_byte_for_byte(eager, validate):
     store = InMemoryStore()
     eager(store)
-    first = tasks.validate.delay(adult_order_set("TASK02")).get()
-    second = tasks.validate.delay(adult_order_set("TASK02")).get()
+    first = validate.delay(adult_order_set("TASK02")).get()
+    second = validate.delay(adult_order_set("TASK02")).get()
     assert second["response"] == first["response"]
     assert len(store.audit) == 1
     assert len(store.deliveries) == 2
     assert sum(1 for e in store.orders_for("MRN55501^GENHOSP") if e.protocol_order) == 1
 
 
-def test_several_messages_in_one_text_are_all_processed_and_the_first_returned(eager):
+def test_several_messages_in_one_text_are_all_processed_and_the_first_returned(eager, validate):
     store = InMemoryStore()
     eager(store)
     text = adult_order_set("TASK03", mrn="P3A") + "\n" + adult_order_set("TASK04", mrn="P3B")
-    result = tasks.validate.delay(text).get()
+    result = validate.delay(text).get()
     assert result["control_id"] == "TASK03"
     assert [p.control_id for p in store.audit] == ["TASK03", "TASK04"]
 
 
 @pytest.mark.parametrize("bad", ["", "garbage", "MSH|broken", None, 12345])
-def test_bad_input_gets_ar_and_is_not_retried(eager, bad):
+def test_bad_input_gets_ar_and_is_not_retried(eager, bad, validate):
     store = FlakyStore(0, RuntimeError())
     eager(store)
-    result = tasks.validate.delay(bad).get()
+    result = validate.delay(bad).get()
     assert result["ack_code"] == "AR"
     assert msa(result["response"])[1] == "AR"
     assert store.calls == 1  # processed once: no retry
 
 
-def test_transient_fault_is_retried_then_processed(eager):
+def test_transient_fault_is_retried_then_processed(eager, validate):
     store = FlakyStore(3, OperationalError("database is locked"))
     eager(store)
-    result = tasks.validate.delay(adult_order_set("TASK05")).get()
+    result = validate.delay(adult_order_set("TASK05")).get()
     assert result["ack_code"] in {"AA", "AE"}
     assert store.calls == 4
     assert len(store.audit) == 1
 
 
-def test_persistent_transient_fault_gives_ar_207_not_processed_after_the_budget(eager):
+def test_persistent_transient_fault_gives_ar_207_not_processed_after_the_budget(eager, validate):
     store = FlakyStore(10_000, OperationalError("connection refused"))
     eager(store)
-    result = tasks.validate.delay(adult_order_set("TASK06")).get()
+    result = validate.delay(adult_order_set("TASK06")).get()
     assert result["ack_code"] == "AR"
     fields = msa(result["response"])
     assert fields[2] == "TASK06"
     err = next(s for s in result["response"].split("\r") if s.startswith("ERR|"))
     assert "207^" in err and "not processed, resend" in err
-    assert store.calls == 1 + retry_count(tasks.app.rxgate_settings)
+    assert store.calls == 1 + retry_count(SETTINGS)
     assert store.answers == {}  # not stored under the message key: a resend is processed afresh
 
 
-def test_a_bug_is_retried_only_error_retries_times(eager):
+def test_a_bug_is_retried_only_error_retries_times(eager, validate):
     store = FlakyStore(10_000, KeyError("boom"))
     eager(store)
-    result = tasks.validate.delay(adult_order_set("TASK07")).get()
+    result = validate.delay(adult_order_set("TASK07")).get()
     assert result["ack_code"] == "AR"
     assert store.calls == 1 + 2  # error_retries=2
 
@@ -161,8 +165,8 @@ def test_reliability_settings_took_effect():
     conn = app.connection_for_write()
     assert conn.transport_options["visibility_timeout"] == 1234
     assert conn.transport_options["unacked_restore_interval"] == Settings().unacked_restore_interval
-    assert tasks.validate.acks_late is True
-    assert tasks.validate.reject_on_worker_lost is True
+    assert app.tasks[TASK].acks_late is True
+    assert app.tasks[TASK].reject_on_worker_lost is True
 
 
 def test_production_defaults():

@@ -110,11 +110,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if embedded:
             embedded.stop()
         return 1
+    from workers import metrics
+
+    metrics.configure(settings)  # the shared metrics directory, exported to the children (docs/metrics.md)
+    metrics.reset_multiproc_dir()  # metric files of processes that are gone (a previous run)
     env = dict(os.environ, RXGATE_BROKER_URL=url, RXGATE_EMBEDDED="0")
     me = [sys.executable, "-m", "workers.cli"]
-    from workers.metrics import reset_multiproc_dir
-
-    reset_multiproc_dir()  # metric files of processes that are gone (a previous run)
     children: dict[str, subprocess.Popen] = {}
     if not args.no_worker:
         cmd = [*me, "worker"] + (["--concurrency", str(args.concurrency)] if args.concurrency else [])
@@ -187,11 +188,14 @@ def _hide(url: str) -> str:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from workers import metrics
+
     settings = _settings()
     _configure_logging(settings)
-    from workers.queue.celery_app import QUEUE
-    from workers.queue.tasks import app
+    metrics.configure(settings)  # before the pool forks: its children count into the same directory
+    from workers.queue.celery_app import QUEUE, get_app
 
+    app = get_app()
     argv = ["worker", "-Q", QUEUE, "-l", settings.log_level.upper(), "-n", f"rxgate-{os.getpid()}@%h",
             "--without-gossip", "--without-mingle"]
     if args.concurrency:
@@ -201,12 +205,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
+    from workers import metrics
     from workers.bootstrap import backoff_delays, bootstrap, settle_heap
     from workers.queue.bridge import Bridge, safe_reason
     from workers.queue.sentinel import broker_client
 
     settings = _settings()
     _configure_logging(settings)
+    metrics.configure(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

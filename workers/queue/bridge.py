@@ -34,6 +34,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -139,14 +140,22 @@ class _Batch:
 
 
 class Bridge:
+    """One consumer of the inbound stream.
+
+    `clock` (seconds, monotonic) times the store batch window (`store_batch_seconds`) and the takeover
+    scans; tests pass a fake one so that a batch boundary never depends on how busy the machine is.
+    """
+
     def __init__(self, service: Service, client: redis.Redis, settings: Settings | None = None,
-                 consumer: str | None = None, stop: threading.Event | None = None):
+                 consumer: str | None = None, stop: threading.Event | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.service = service
         self.client = client
         self.settings = settings or service.settings
         self.streams = Streams.from_settings(self.settings)
         self.consumer = consumer or self.settings.consumer_name or default_consumer_name()
         self.stop = stop or threading.Event()
+        self.clock = clock
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
         self.handled = 0
@@ -175,7 +184,7 @@ class Bridge:
 
     def step(self) -> int:
         """One cycle: take over entries dead consumers left, else read new ones; process and answer them."""
-        entries = self._autoclaim() if time.monotonic() >= self._next_claim else []
+        entries = self._autoclaim() if self.clock() >= self._next_claim else []
         if not entries:
             entries = self._read(">", block=self.settings.stream_block_ms)
         self.handle(entries)
@@ -201,7 +210,7 @@ class Bridge:
         self._claim_cursor = cursor
         if cursor in ("0-0", "0"):
             # scanned the whole pending list: look again after a fraction of the idle time
-            self._next_claim = time.monotonic() + max(self.settings.claim_idle / 4, 0.05)
+            self._next_claim = self.clock() + max(self.settings.claim_idle / 4, 0.05)
         entries = [(_s(i), f) for i, f in items if f]
         if entries:
             log.info("bridge: took over %d entries idle > %.0f s", len(entries), self.settings.claim_idle)
@@ -257,7 +266,7 @@ class Bridge:
         reads_together = getattr(self.service.store, "reads_together", contextlib.nullcontext)
         try:
             with reads_together():
-                opened = time.monotonic()
+                opened = self.clock()
                 for entry_id, fields in entries:
                     hl7 = fields.get(b"hl7", fields.get("hl7"))
                     if hl7 is None or self.stop.is_set():
@@ -268,10 +277,10 @@ class Bridge:
                                                     store=staged, observe=False)
                     done.append((entry_id, outcomes, time.perf_counter() - started, staged.staged))
                     if len(staged.held) >= self.settings.store_batch \
-                            or time.monotonic() - opened >= self.settings.store_batch_seconds:
+                            or self.clock() - opened >= self.settings.store_batch_seconds:
                         staged.flush()
                         answer_written()
-                        opened = time.monotonic()
+                        opened = self.clock()
                 staged.flush()
         except redis.RedisError:
             raise

@@ -26,6 +26,7 @@ Reliability settings, chosen on purpose:
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from celery import Celery
@@ -45,7 +46,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         broker, sentinel_options = sentinel.celery_broker(settings)
     else:
         broker = resolve_broker_url(settings)
-    app = Celery("rxgate", broker=broker, backend=broker, include=["workers.queue.tasks"])
+    app = Celery("rxgate", broker=broker, backend=broker)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -77,12 +78,19 @@ def make_app(settings: Settings | None = None) -> Celery:
     if settings.worker_concurrency > 0:
         app.conf.worker_concurrency = settings.worker_concurrency
     app.rxgate_settings = settings  # read by the task
+    from workers.queue.tasks import register_tasks  # here, not at the top: tasks.py imports this module
+
+    register_tasks(app)
+    # Celery logs a task's return value ("Task ... succeeded in 0.02s: {...}") at INFO: our result holds the
+    # patient id and the response's PID segment. Logs never carry patient data, so that logger is held at
+    # WARNING; the one line per message comes from validator.service (control id, outcome, rule ids, ms).
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
     return app
 
 
-app = make_app()
-
-# Celery logs a task's return value ("Task ... succeeded in 0.02s: {...}") at INFO: our result holds the
-# patient id and the response's PID segment. Logs never carry patient data, so that logger is held at
-# WARNING; the one line per message comes from validator.service (control id, outcome, rule ids, ms).
-logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+@functools.cache
+def get_app() -> Celery:
+    """The process's app from `Settings()`, built on first use, never at import (building it resolves the
+    broker URL, which may ping Redis). `rxgate worker` runs it; `celery -A workers.queue.tasks` finds it
+    through that module's `app` attribute."""
+    return make_app()

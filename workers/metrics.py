@@ -7,14 +7,18 @@ AR answers. Queue depth is read from Redis when /metrics is scraped.
 Processes. `rxgate serve` runs a Celery worker (a pool of forked processes), the stream bridge, the
 audit API (which serves /metrics) and possibly `rxgate mllp`, each a separate process. Counters
 therefore use prometheus_client's multiprocess mode: every process writes its values to mmap files
-in one directory (PROMETHEUS_MULTIPROC_DIR; set by this module, when not already set, to
-RXGATE_METRICS_DIR, default `<RXGATE_VAR_DIR>/metrics`) and the process serving /metrics sums them.
-All processes of one host must see the same directory (they do under `serve`: same working
-directory and settings). Counters of a process that exited stay in the sum (no drop at a worker
-restart); no gauge is kept in the files (the queue gauges are read live), so nothing needs
-`mark_process_dead`. Empty the directory when the whole service (re)starts (docs/metrics.md).
-RXGATE_METRICS_DIR=off gives plain per-process metrics (one process serving /metrics sees only its
-own counts: only right for a single-process embedding).
+in one directory and the process serving /metrics sums them. Each entry point (serve, worker,
+bridge, mllp, the audit API) calls `configure(settings)` first: it chooses the directory
+(PROMETHEUS_MULTIPROC_DIR when already set, else RXGATE_METRICS_DIR, default
+`<RXGATE_VAR_DIR>/metrics`), creates it and exports it as PROMETHEUS_MULTIPROC_DIR to child
+processes. Importing this module creates nothing: a process that never calls `configure` (a test,
+`rxgate check`, an embedding) counts in its own memory, or in the directory PROMETHEUS_MULTIPROC_DIR
+names if it inherited one that exists. All processes of one host must see the same directory (they
+do under `serve`: same working directory and settings). Counters of a process that exited stay in
+the sum (no drop at a worker restart); no gauge is kept in the files (the queue gauges are read
+live), so nothing needs `mark_process_dead`. Empty the directory when the whole service (re)starts
+(docs/metrics.md). RXGATE_METRICS_DIR=off gives plain per-process metrics (one process serving
+/metrics sees only its own counts: only right for a single-process embedding).
 
 Metrics never carry patient data: labels are ack codes, rule ids, sources and queue names.
 """
@@ -28,82 +32,120 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily
+
+# the classic text format 0.0.4: what every Prometheus 2.x and 3.x scrapes (our names need no escaping)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE
+
 log = logging.getLogger("rxgate.metrics")
 
 OFF = {"off", "none", "-", "0", "false"}
-QUEUE = "rxgate.orders"  # workers.queue.celery_app.QUEUE (not imported: that module builds the Celery app)
+QUEUE = "rxgate.orders"  # workers.queue.celery_app.QUEUE (not imported: metrics needs nothing of Celery)
 
 
-def _configure() -> str | None:
-    """Multiprocess directory (created), exported as PROMETHEUS_MULTIPROC_DIR; None = per-process mode."""
+def configure(settings=None) -> str | None:
+    """For the entry points, before anything is counted: the multiprocess directory (created) exported as
+    PROMETHEUS_MULTIPROC_DIR, or None for per-process metrics (RXGATE_METRICS_DIR=off, or the directory
+    cannot be created: a warning says so). Counters made before are made again in the chosen mode."""
+    global _multiproc_dir, _configured
     current = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
     if current:
         chosen = current
     else:
         try:
-            from workers.settings import Settings
+            if settings is None:
+                from workers.settings import Settings
 
-            settings = Settings()
-            chosen = settings.metrics_dir.strip()
-            if chosen.lower() in OFF:
-                return None
-            chosen = chosen or str(Path(settings.var_dir) / "metrics")
+                settings = Settings()
+            chosen = settings.metrics_dir.strip() or str(Path(settings.var_dir) / "metrics")
         except Exception as exc:  # noqa: BLE001 - a bad setting is reported by the command that reads it
             log.warning("metrics: settings unreadable (%s); per-process metrics", type(exc).__name__)
-            return None
-    if chosen.lower() in OFF:
+            chosen = "off"
+    path: str | None = None
+    if chosen.lower() not in OFF:
+        path = os.path.abspath(chosen)
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("metrics: cannot create %s (%s); per-process metrics", path, exc.strerror)
+            path = None
+    if path is None:
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        return None
-    path = os.path.abspath(chosen)
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        log.warning("metrics: cannot create %s (%s); per-process metrics", path, exc.strerror)
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        return None
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path  # inherited by forked and spawned children
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path  # inherited by forked and spawned children
+    _multiproc_dir, _configured = path, True
+    _drop_instruments()
     return path
 
 
-MULTIPROC_DIR = _configure()
+def multiproc_dir() -> str | None:
+    """The multiprocess directory this process counts into, None: its own memory only."""
+    if _configured:
+        return _multiproc_dir
+    inherited = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+    return os.path.abspath(inherited) if inherited and os.path.isdir(inherited) else None
 
-from prometheus_client import (  # noqa: E402 - after PROMETHEUS_MULTIPROC_DIR is chosen
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-    values,
-)
-from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 
-try:  # the classic text format 0.0.4: what every Prometheus 2.x and 3.x scrapes (our names need no escaping)
-    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE
-except ImportError:  # pragma: no cover - older prometheus_client
-    from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+_multiproc_dir: str | None = None
+_configured = False
 
-# the value class is chosen from the environment when prometheus_client is first imported, which may
-# have happened before this module ran (another library): choose it again now
-values.ValueClass = values.get_value_class()
 
-MESSAGES = Counter(
-    "rxgate_messages", "Messages answered, by acknowledgment code (MSA-1); redelivered=true: the stored answer "
-    "was returned for a message already processed", ["outcome", "redelivered"])
-FINDINGS = Counter(
-    "rxgate_findings", "Error and warning findings of processed messages, by rule id (not counted again "
-    "for redeliveries)", ["rule", "severity"])
-LATENCY = Histogram(
-    "rxgate_processing_seconds", "Time to process one queue entry (read, judge, store, respond)",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
-RETRIES = Counter(
-    "rxgate_retries", "Processing attempts that failed and will be retried, by source (bridge, celery) and "
-    "kind (transient: database/broker down; error: an unexpected exception)", ["source", "kind"])
-DEAD_LETTERS = Counter(
-    "rxgate_dead_letters", "Messages given up on: written to <prefix>:deadletter and answered AR 207, by source",
-    ["source"])
-MLLP_REJECTIONS = Counter(
-    "rxgate_mllp_rejections", "AR answers the MLLP listener gave itself, by reason (timeout, not_hl7, not_queued)",
-    ["reason"])
+class _Instruments:
+    """The counters, made on first use in the mode `multiproc_dir()` gives (never at import)."""
+
+    def __init__(self) -> None:
+        directory = multiproc_dir()
+        # the value class decides where values live: mmap files in `directory`, or this process's memory
+        if directory is None:
+            values.ValueClass = values.MutexValue
+        else:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory  # MultiProcessValue reads the directory from here
+            values.ValueClass = values.MultiProcessValue()
+        self.directory = directory
+        self.messages = Counter(
+            "rxgate_messages", "Messages answered, by acknowledgment code (MSA-1); redelivered=true: the stored "
+            "answer was returned for a message already processed", ["outcome", "redelivered"])
+        self.findings = Counter(
+            "rxgate_findings", "Error and warning findings of processed messages, by rule id (not counted again "
+            "for redeliveries)", ["rule", "severity"])
+        self.latency = Histogram(
+            "rxgate_processing_seconds", "Time to process one queue entry (read, judge, store, respond)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+        self.retries = Counter(
+            "rxgate_retries", "Processing attempts that failed and will be retried, by source (bridge, celery) "
+            "and kind (transient: database/broker down; error: an unexpected exception)", ["source", "kind"])
+        self.dead_letters = Counter(
+            "rxgate_dead_letters", "Messages given up on: written to <prefix>:deadletter and answered AR 207, "
+            "by source", ["source"])
+        self.mllp_rejections = Counter(
+            "rxgate_mllp_rejections", "AR answers the MLLP listener gave itself, by reason (timeout, not_hl7, "
+            "not_queued)", ["reason"])
+
+    def unregister(self) -> None:
+        for metric in (self.messages, self.findings, self.latency, self.retries, self.dead_letters,
+                       self.mllp_rejections):
+            try:
+                REGISTRY.unregister(metric)
+            except KeyError:
+                pass
+
+
+_instruments: _Instruments | None = None
+
+
+def instruments() -> _Instruments:
+    global _instruments
+    if _instruments is None:
+        _instruments = _Instruments()
+    return _instruments
+
+
+def _drop_instruments() -> None:
+    global _instruments
+    if _instruments is not None:
+        _instruments.unregister()
+        _instruments = None
 
 
 def _safe(fn):
@@ -123,33 +165,34 @@ def _safe(fn):
 @_safe
 def observe(outcomes: Iterable[Any], seconds: float) -> None:
     """One `Service.process` call: its outcomes (validator.service.Outcome) and its duration."""
-    LATENCY.observe(max(seconds, 0.0))
+    m = instruments()
+    m.latency.observe(max(seconds, 0.0))
     for outcome in outcomes:
         result = outcome.result
         redelivered = bool(getattr(outcome, "redelivered", False))
-        MESSAGES.labels(outcome=str(result.get("ack_code") or "unknown"),
+        m.messages.labels(outcome=str(result.get("ack_code") or "unknown"),
                         redelivered="true" if redelivered else "false").inc()
         if redelivered:
             continue
         for f in result.get("findings") or []:
             severity = f.get("severity")
             if severity in ("error", "warning") and f.get("rule"):
-                FINDINGS.labels(rule=str(f["rule"]), severity=severity).inc()
+                m.findings.labels(rule=str(f["rule"]), severity=severity).inc()
 
 
 @_safe
 def retry(source: str, transient: bool) -> None:
-    RETRIES.labels(source=source, kind="transient" if transient else "error").inc()
+    instruments().retries.labels(source=source, kind="transient" if transient else "error").inc()
 
 
 @_safe
 def dead_letter(source: str) -> None:
-    DEAD_LETTERS.labels(source=source).inc()
+    instruments().dead_letters.labels(source=source).inc()
 
 
 @_safe
 def mllp_rejection(reason: str) -> None:
-    MLLP_REJECTIONS.labels(reason=reason).inc()
+    instruments().mllp_rejections.labels(reason=reason).inc()
 
 
 def reset_multiproc_dir() -> int:
@@ -158,10 +201,11 @@ def reset_multiproc_dir() -> int:
     Their counts leave the sums, which Prometheus reads as a counter reset (rate() handles it). Files of
     live processes (a separately started `rxgate mllp`, say) are kept. Returns the number removed.
     """
-    if MULTIPROC_DIR is None:
+    directory = multiproc_dir()
+    if directory is None:
         return 0
     removed = 0
-    for f in Path(MULTIPROC_DIR).glob("*.db"):
+    for f in Path(directory).glob("*.db"):
         try:
             pid = int(f.stem.rsplit("_", 1)[1])
         except (IndexError, ValueError):
@@ -252,11 +296,12 @@ _queue_collector: QueueCollector | None = None
 def metrics_response(queue: QueueCollector | None = None) -> tuple[bytes, str]:
     """The Prometheus text exposition (body, content type): every process's counters, plus queue gauges."""
     global _queue_collector
-    if MULTIPROC_DIR is not None and os.path.isdir(MULTIPROC_DIR):
+    directory = instruments().directory  # the counters exist (at zero) even before the first message
+    if directory is not None and os.path.isdir(directory):
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, MULTIPROC_DIR)
+        multiprocess.MultiProcessCollector(registry, directory)
     else:
         registry = REGISTRY
     body = generate_latest(registry)

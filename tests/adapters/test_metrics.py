@@ -44,7 +44,7 @@ def run_py(code: str, tmp_path: Path, **env_extra: str) -> str:
 
 PROCESS = """
     from tests.builders import adult_order_set, go_order
-    from tests.adapters.test_tasks import FlakyStore, OperationalError
+    from tests.fakes import FlakyStore, OperationalError
     from validator import InMemoryStore
     from workers import metrics
     from workers.bootstrap import bootstrap
@@ -52,7 +52,7 @@ PROCESS = """
     import fakeredis
     from workers.queue.bridge import Bridge, ensure_group
 
-    print(metrics.MULTIPROC_DIR)
+    print(metrics.configure())  # what an entry point (rxgate worker, bridge, ...) does first
     service = bootstrap(Settings(), store=InMemoryStore())
     ok = adult_order_set("M0001", mrn="MM1")
     service.process(ok)
@@ -82,6 +82,7 @@ def counted(tmp_path_factory):
     body = run_py("""
         import sys
         from workers import metrics
+        metrics.configure()  # the audit API's start
         body, ctype = metrics.metrics_response()
         sys.stdout.write(ctype + "\\n" + body.decode())
     """, tmp)
@@ -124,7 +125,7 @@ def test_retries_and_dead_letters(counted):
 def test_metrics_dir_off_gives_per_process_metrics(tmp_path):
     out = run_py("""
         from workers import metrics
-        print(metrics.MULTIPROC_DIR)
+        print(metrics.configure())
     """, tmp_path, RXGATE_METRICS_DIR="off")
     assert out.strip() == "None"
     assert not (tmp_path / "var" / "metrics").exists()
@@ -211,7 +212,7 @@ def test_reset_removes_only_files_of_dead_processes(tmp_path):
         import os, subprocess, sys
         from pathlib import Path
         from workers import metrics
-        d = Path(metrics.MULTIPROC_DIR)
+        d = Path(metrics.configure())
         dead = subprocess.Popen([sys.executable, "-c", "pass"]); dead.wait()
         (d / f"counter_{dead.pid}.db").write_bytes(b"")
         (d / f"counter_{os.getppid()}.db").write_bytes(b"")  # a live process (our parent)

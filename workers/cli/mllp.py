@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 
+from workers import metrics
 from workers.cli.usage import UsageError
 from workers.queue import sentinel
 from workers.queue.embedded import resolve_broker_url
@@ -32,6 +33,7 @@ def cmd_mllp(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001
         raise UsageError(f"bad setting: {exc}") from None
     logging.getLogger("rxgate").setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))
+    metrics.configure(settings)
     host = args.host or settings.mllp_host
     port = settings.mllp_port if args.port is None else args.port
     timeout = settings.mllp_timeout if args.timeout is None else args.timeout

@@ -345,6 +345,9 @@ def settings_app() -> FastAPI:
     from workers.settings import Settings
 
     settings = Settings()
+    from workers import metrics
+
+    metrics.configure(settings)  # /metrics sums the counters of every process of the service
     if not settings.audit_token_sha256:
         log.warning("RXGATE_AUDIT_TOKEN_SHA256 is not set: every audit route answers 401")
     from workers.health import health_status

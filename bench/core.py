@@ -145,10 +145,10 @@ def run_core(cfg: dict[str, Any], protocol: Protocol | None = None, log=print) -
         r["ratio_rxgate_to_python_hl7_p99"] = ratio(t.get(RXGATE, {}).get("p99_ms"), t.get(PY_HL7, {}).get("p99_ms"))
         r["ratio_hl7apy_to_python_hl7_median"] = ratio(t.get(HL7APY, {}).get("median_ms"), t.get(PY_HL7, {}).get("median_ms"))
         out["fixed"][s.name] = r
-    public = corpus.public_samples()
+    public, source = corpus.public_samples()
     if cfg.get("public_limit"):
         public = public[: cfg["public_limit"]]
-    log(f"  core: {len(public)} public samples")
+    log(f"  core: {len(public)} samples from {source}")
     pub_cfg = dict(cfg, budget_s=cfg["public_budget_s"], slow_budget_s=cfg["public_slow_budget_s"])
     per_sample = []
     pooled: dict[str, list[float]] = {}
@@ -170,6 +170,7 @@ def run_core(cfg: dict[str, Any], protocol: Protocol | None = None, log=print) -
         per_sample.append(r)
     out["public"] = {
         "samples": len(public),
+        "source": source,
         "pooled_per_message_file": {name: summary_ms(v) for name, v in pooled.items()},
         "sum_of_medians_ms": {k: round(v, 4) for k, v in sum_median.items()},
         "failures": {name: sum(1 for r in per_sample if name in r["failed"]) for name in contenders_for(public[0], protocol)}

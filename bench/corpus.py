@@ -1,7 +1,9 @@
 """The fixed corpus: the shared 26-segment GO order set, a ~100-segment order set, the 36 public samples.
 
-The shared folder is found the way `tests/conftest.py` finds it: `$RXGATE_SHARED_DIR`, else
-`../shared` beside the repository. Messages are read as bytes and decoded with the reader's
+The shared folder is found the way `tests/paths.py` finds it: `$RXGATE_SHARED_DIR`, else
+`../shared` beside the repository. Without it the bench still runs, on the repository's own copies:
+the builders' adult order set and the messages of `examples/` instead of the public samples; the
+results and BENCHMARKS.md name the corpus used (`public.source`). Messages are read as bytes and decoded with the reader's
 `validator.er7.decode` (never text mode: it would turn `\\r` into `\\n`).
 """
 
@@ -20,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RXGATE_SHARED_DIR", REPO.parent / "shared"))
 ADULT_SAMPLE = SHARED / "samples" / "go" / "adult-day1-accept.hl7"
 PUBLIC_DIR = SHARED / "samples" / "public"
+EXAMPLES_DIR = REPO / "examples"
 RECEIVED_AT = datetime(2026, 12, 1, 8, 30, tzinfo=b.UTC)  # the adult example is accepted at this time
 
 
@@ -125,6 +128,11 @@ def order_set_with(orders: int, *, go_doses: bool, control_id: str = "S0001", mr
     return b.adult_order_set(control_id, mrn=mrn, go=segs, premeds=[])
 
 
-def public_samples() -> list[Sample]:
+def public_samples() -> tuple[list[Sample], str]:
+    """The public samples and where they come from: the shared folder's, else the repository's examples/."""
     paths = sorted(PUBLIC_DIR.glob("*/*.hl7")) if PUBLIC_DIR.exists() else []
-    return [sample(p.name, decode(p.read_bytes())) for p in paths]
+    source = "the public samples of the shared folder (samples/public)"
+    if not paths:
+        paths = sorted(EXAMPLES_DIR.glob("*.hl7"))
+        source = "the repository's examples/ (the shared folder's public samples were not found)"
+    return [sample(p.name, decode(p.read_bytes())) for p in paths], source

@@ -102,6 +102,8 @@ def tables(r: dict[str, Any]) -> str:
           + f" | {_f(pub.get('ratio_rxgate_to_python_hl7_sum_of_medians_judged_samples'), 2)}× on the "
           f"{pub.get('judged_samples')} samples rxgate judges (not rejects) |")
         w("")
+        w(f"Samples: {pub.get('source', 'public samples')}.")
+        w("")
         w("Samples a library could not parse (excluded from its figures): "
           + ", ".join(f"{k} {v}" for k, v in pub["failures"].items()) + ".")
     if adult:

@@ -36,6 +36,18 @@ def _run(tmp_path: Path, *extra: str) -> dict:
     return results
 
 
+def test_corpus_without_the_shared_folder_falls_back_to_the_repository_and_says_so(tmp_path, monkeypatch):
+    from bench import corpus
+
+    monkeypatch.setattr(corpus, "PUBLIC_DIR", tmp_path / "absent" / "samples" / "public")
+    monkeypatch.setattr(corpus, "ADULT_SAMPLE", tmp_path / "absent" / "adult-day1-accept.hl7")
+    samples, source = corpus.public_samples()
+    assert [s.name for s in samples] == sorted(p.name for p in corpus.EXAMPLES_DIR.glob("*.hl7"))
+    assert "examples/" in source and "not found" in source
+    adult = corpus.adult_sample()
+    assert "built" in adult.name and adult.segments == 26
+
+
 def test_large_order_set_has_100_segments_and_is_judged():
     text = large_order_set()
     assert text.count("\r") == 100
@@ -59,6 +71,7 @@ def test_quick_run_without_queue_is_well_formed(tmp_path):
         assert sample["ratio_rxgate_to_python_hl7_median"] > 0
     pub = r["core"]["public"]
     assert pub["samples"] >= 1 and len(pub["per_sample"]) == pub["samples"]
+    assert pub["source"] in (tmp_path / "BENCHMARKS.md").read_text()  # which corpus was measured, said
     _timing_ok(pub["pooled_per_message_file"][RXGATE])
     hist = r["scaling"]["history"]
     assert "in-memory" in hist

@@ -1,7 +1,7 @@
 """Shared fixtures of the integration tests: a private Redis, per-test settings, real processes.
 
-Moved here from test_queue_service.py (which re-exports them, so `from tests.integration.test_queue_service
-import env, procs, ...` keeps working), plus the fault-injection helpers of test_faults.py:
+The fixtures (`redis_url`, `env`, `procs`, `own_redis`) reach every integration test by themselves; test
+modules import the helpers from here, never from one another. Plus the fault-injection helpers:
 
 - `RedisServer`: a redis-server on a FIXED port with `--appendonly yes` in a tmp dir, which a test can stop
   and start again on the same port (the service must reconnect to the same URL).
@@ -62,7 +62,8 @@ def service_env(redis_url: str, tmp_path: Path, **overrides: str) -> dict[str, s
         RXGATE_UNACKED_RESTORE_INTERVAL="1", RXGATE_UNACKED_RESTORE_THROTTLE="1",
         RXGATE_STREAM_BATCH="20", RXGATE_STREAM_BLOCK_MS="200", RXGATE_TIMEZONE="America/New_York",
         RXGATE_RETRY_BUDGET="2", RXGATE_RETRY_INITIAL_DELAY="0.1", RXGATE_RETRY_MAX_DELAY="0.5",
-        RXGATE_VAR_DIR=str(tmp_path / "var"), PYTHONPATH=str(ROOT),
+        RXGATE_VAR_DIR=str(tmp_path / "var"), RXGATE_METRICS_DIR=str(tmp_path / "var" / "metrics"),
+        PYTHONPATH=str(ROOT),
     )
     e.update(overrides)
     return e

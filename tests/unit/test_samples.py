@@ -13,9 +13,13 @@ from tests.paths import SHARED
 from validator.er7 import decode
 
 PUBLIC = sorted((SHARED / "samples" / "public").glob("*/*.hl7")) if SHARED.exists() else []
+# without the shared folder: one skipped case that says why (not pytest's "got empty parameter set")
+PUBLIC_CASES = [pytest.param(p, id=p.name) for p in PUBLIC] or [pytest.param(
+    None, id="no-shared-samples",
+    marks=pytest.mark.skip(reason=f"shared folder not found at {SHARED} (set RXGATE_SHARED_DIR)"))]
 
 
-@pytest.mark.parametrize("path", PUBLIC, ids=[p.name for p in PUBLIC])
+@pytest.mark.parametrize("path", PUBLIC_CASES)
 def test_public_sample_gets_clean_answer(path: Path):
     outcome = run(decode(path.read_bytes()))
     result = outcome.result

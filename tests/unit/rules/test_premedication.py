@@ -104,10 +104,8 @@ def test_adult_message_is_accepted_with_offsets_computed():
     assert computed["methylprednisolone"][0]["expected_mg"] == "62"
 
 
-def test_shared_sample_is_accepted():
-    sample = BUNDLED_DIR.parent.parent / "shared/samples/go/adult-day1-accept.hl7"
-    if not sample.exists():
-        pytest.skip("shared samples not found")
+def test_shared_sample_is_accepted(shared_dir):
+    sample = shared_dir / "samples" / "go" / "adult-day1-accept.hl7"
     outcome = run(sample.read_bytes().decode())
     assert outcome.ack_code == "AA", outcome.result["findings"]
 

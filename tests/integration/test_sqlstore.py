@@ -73,7 +73,8 @@ def cancel(placer: str, leaves: bool, *, namespace: str = "") -> Cancellation:
 # --- migrations ---------------------------------------------------------------------------------
 
 
-def test_migration_from_empty_creates_every_table_and_is_idempotent(db_url):
+def test_migration_from_empty_creates_every_table_and_is_idempotent(empty_db_url):
+    db_url = empty_db_url
     first = open_sql_store(db_url)
     try:
         assert TABLES <= set(inspect(first.engine).get_table_names())

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.adapters.test_audit_cli import NY, fill
+from tests.builders import AUDIT_AUTH as AUTH
+from tests.builders import AUDIT_TOKEN as TOKEN
+from tests.builders import AUDIT_TOKEN_SHA as TOKEN_SHA
+from tests.builders import NY, fill_audit_store
 from workers.http.app import _DropQueryStrings, annotate_segments, create_app, outcome_chart
-
-TOKEN = "s3cret-audit-token"
-TOKEN_SHA = hashlib.sha256(TOKEN.encode()).hexdigest()
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
 def client(sqlite_url):
-    fill(sqlite_url)
+    fill_audit_store(sqlite_url)
     app = create_app(sqlite_url, TOKEN_SHA, tz=NY)
     with TestClient(app) as c:
         yield c
@@ -27,7 +25,7 @@ def client(sqlite_url):
 
 @pytest.fixture
 def any_db_client(db_url):
-    fill(db_url)
+    fill_audit_store(db_url)
     app = create_app(db_url, TOKEN_SHA, tz=NY)
     with TestClient(app) as c:
         yield c
@@ -56,7 +54,7 @@ def test_every_audit_route_needs_the_token(client, path):
 
 
 def test_unset_hash_closes_everything(sqlite_url):
-    fill(sqlite_url)
+    fill_audit_store(sqlite_url)
     for configured in ("", None):
         app = create_app(sqlite_url, configured, tz=NY)
         with TestClient(app) as c:
@@ -89,7 +87,7 @@ def test_login_sets_a_session_cookie_that_opens_the_api(client):
 
 
 def test_session_of_another_app_instance_is_refused(sqlite_url):
-    fill(sqlite_url)
+    fill_audit_store(sqlite_url)
     a, b = create_app(sqlite_url, TOKEN_SHA), create_app(sqlite_url, TOKEN_SHA)
     with TestClient(a) as ca, TestClient(b) as cb:
         ca.post("/login", data={"token": TOKEN}, follow_redirects=False)
@@ -238,7 +236,7 @@ def test_schemathesis_finds_no_server_errors(sqlite_url):
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-    fill(sqlite_url)
+    fill_audit_store(sqlite_url)
     app = create_app(sqlite_url, TOKEN_SHA, tz=NY)
     try:
         schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=AUTH)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import sqlite3
@@ -12,52 +11,14 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.builders import adult_order_set, go_order
+from tests.builders import adult_order_set, audit_record, fill_audit_store, go_order
 from tests.paths import ROOT
-from validator.history import MessageKey, ProcessedMessage
 from workers.cli.audit import CSV_COLUMNS, register
 from workers.cli.usage import UsageError
 from workers.store.sqlstore import open_sql_store
-
-NY = ZoneInfo("America/New_York")
-
-
-def finding(rule: str, severity: str = "error", location: str | None = "RXE-3") -> dict:
-    return {"rule": rule, "severity": severity, "location": location, "message": f"{rule} says no"}
-
-
-def record(control_id: str, received_at: datetime, ack: str = "AA", findings=(), patient: str = "MRN1",
-           authority: str = "GENHOSP") -> ProcessedMessage:
-    result = {"control_id": control_id, "message_type": "RDE^O11^RDE_O11", "ack_code": ack,
-              "patient_id": patient or None,
-              "orders": [{"placer_order_number": "P1", "drug": "gemtuzumab ozogamicin", "protocol_order": True,
-                          "order_control": "OK" if ack == "AA" else "UA", "findings": list(findings)}],
-              "findings": list(findings), "response": f"MSH|^~\\&|RXGATE|GENHOSP|APP|FAC|||RRE^O12|R{control_id}"}
-    return ProcessedMessage(
-        key=MessageKey(sending_application="APP", sending_facility="FAC", control_id=control_id,
-                       content_sha256=hashlib.sha256(control_id.encode()).hexdigest()),
-        received_at=received_at, answered_at=received_at, sender="APP^FAC", control_id=control_id,
-        patient_key=f"{patient}^{authority}" if patient else "", raw_message=f"MSH|^~\\&|APP|FAC|||||RDE^O11|{control_id}",
-        ack_code=ack, result=result, response=result["response"], protocol_id="go-rr-9mg-d1-d14",
-        protocol_version="v1",
-    )
-
-
-def fill(url: str) -> None:
-    """Five records: C1 late on Nov 30 (New York), C2 at local midnight Dec 1, C3 late Dec 1, C4 (AR) and C5 Dec 2."""
-    store = open_sql_store(url)
-    store.save(record("C1", datetime(2026, 11, 30, 23, 59, 59, tzinfo=NY)))
-    store.save(record("C2", datetime(2026, 12, 1, 0, 0, 0, tzinfo=NY), "AE", [finding("go.dose")]))
-    store.save(record("C3", datetime(2026, 12, 1, 23, 59, 59, tzinfo=NY), "AE",
-                      [finding("go.route", location="RXR-1"), finding("go.dose", "warning")], patient="MRN2"))
-    store.save(record("C4", datetime(2026, 12, 2, 0, 0, 0, tzinfo=NY), "AR",
-                      [finding("hl7.structure", location=None)], patient=""))
-    store.save(record("C5", datetime(2026, 12, 2, 12, 0, tzinfo=NY), "AA", [finding("go.bsa", "info")]))
-    store.dispose()
 
 
 @pytest.fixture
@@ -66,7 +27,7 @@ def db(tmp_path, monkeypatch):
     monkeypatch.setenv("RXGATE_TIMEZONE", "America/New_York")
     monkeypatch.delenv("RXGATE_DATABASE_URL", raising=False)
     url = f"sqlite:///{tmp_path / 'audit.db'}"
-    fill(url)
+    fill_audit_store(url)
     return url
 
 
@@ -237,7 +198,7 @@ def test_audit_when_created_at_is_utc_now_default_zone(tmp_path, monkeypatch):
     monkeypatch.setenv("RXGATE_TIMEZONE", "UTC")
     url = f"sqlite:///{tmp_path / 'u.db'}"
     store = open_sql_store(url)
-    store.save(record("U1", datetime(2026, 12, 1, 0, 0, tzinfo=UTC)))
+    store.save(audit_record("U1", datetime(2026, 12, 1, 0, 0, tzinfo=UTC)))
     store.dispose()
     assert ids(url, "--since", "2026-12-01", "--until", "2026-12-01") == ["U1"]
     assert ids(url, "--until", "2026-11-30") == []

@@ -13,8 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.routing import Route
 
-from tests.adapters.test_audit_api import AUTH, TOKEN, TOKEN_SHA, fill
-from tests.adapters.test_audit_cli import NY, record
+from tests.builders import AUDIT_AUTH as AUTH
+from tests.builders import AUDIT_TOKEN as TOKEN
+from tests.builders import AUDIT_TOKEN_SHA as TOKEN_SHA
+from tests.builders import NY, fill_audit_store
+from tests.builders import audit_record as record
 from workers.http.app import SESSION_COOKIE, create_app
 from workers.store.sqlstore import open_sql_store
 
@@ -23,7 +26,7 @@ OPEN = {"/health", "/metrics", "/login", "/logout"}  # logout only clears the co
 
 @pytest.fixture
 def app(sqlite_url):
-    fill(sqlite_url)
+    fill_audit_store(sqlite_url)
     app = create_app(sqlite_url, TOKEN_SHA, tz=NY)
     yield app
     app.state.store.dispose()
@@ -33,6 +36,24 @@ def app(sqlite_url):
 def client(app):
     with TestClient(app, follow_redirects=False) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def probe_client(tmp_path_factory):
+    """One app over one filled store for the many read-only probes (138 injection cases): each probe still
+    checks that nothing changed, so a probe that wrote is caught by itself or the next one."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('probes') / 'rxgate.db'}"
+    fill_audit_store(url)
+    app = create_app(url, TOKEN_SHA, tz=NY)
+    with TestClient(app, follow_redirects=False) as c:
+        yield c
+    app.state.store.dispose()
+
+
+@pytest.fixture
+def probe(probe_client):
+    probe_client.cookies.clear()
+    return probe_client
 
 
 def routes(app) -> list[tuple[str, str]]:
@@ -101,7 +122,7 @@ def test_open_routes_need_nothing(client):
 
 
 def test_a_token_hash_of_nothing_closes_everything(sqlite_url):
-    fill(sqlite_url)
+    fill_audit_store(sqlite_url)
     app = create_app(sqlite_url, "", tz=NY)
     with TestClient(app) as c:
         assert c.get("/audit/messages", headers={"Authorization": "Bearer "}).status_code == 401
@@ -119,7 +140,8 @@ INJECTIONS = [
 
 @pytest.mark.parametrize("param", ["patient", "control_id", "rule", "outcome", "since", "until"])
 @pytest.mark.parametrize("value", INJECTIONS)
-def test_injection_strings_return_no_extra_rows_and_no_500(client, param, value):
+def test_injection_strings_return_no_extra_rows_and_no_500(probe, param, value):
+    client = probe
     r = client.get("/audit/messages", params={param: value}, headers=AUTH)
     assert r.status_code in (200, 422), (param, value, r.status_code, r.text[:200])
     if r.status_code == 200:
@@ -135,7 +157,8 @@ def test_injection_strings_return_no_extra_rows_and_no_500(client, param, value)
 
 @pytest.mark.parametrize("path", ["/audit/messages/1 OR 1=1", "/audit/messages/0", "/audit/messages/-1",
                                   "/audit/messages/99999999999999999999", "/audit/messages/1;DROP TABLE messages"])
-def test_record_ids_are_integers(client, path):
+def test_record_ids_are_integers(probe, path):
+    client = probe
     assert client.get(path, headers=AUTH).status_code in (404, 422)
 
 

@@ -5,33 +5,24 @@ Field-level mutations of every segment type of the accepted adult order set, the
 with the message sent as UTF-8 or Latin-1 bytes, the CLI path, and targeted mutations of the GO dose,
 the infusion duration and the premedication times that must never be accepted.
 
-About 2 000 examples in `make test` (~1 minute); `make fuzz` runs them with RXGATE_FUZZ_SCALE=20.
+About 2 000 examples in `make test` (~15 s); `make fuzz` runs them with RXGATE_FUZZ_SCALE=20 (tests/budget.py).
 The properties themselves are in fuzz/properties.py (shared with the atheris targets).
 """
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from decimal import Decimal
 
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fuzz.properties import RECEIVED, UTC, answer_bytes, answer_text, check_cli
-from tests.builders import GO_START, adult_order_set, go_order, standard_premeds
-from tests.unit.test_properties import EXPECTED_MG
+from tests.budget import examples
+from tests.builders import EXPECTED_MG, GO_START, adult_order_set, go_order, standard_premeds
 from validator.er7 import split_messages
 from validator.hl7time import parse_datetime
 from validator.reader import read_order_set
-
-SCALE = max(1, int(os.environ.get("RXGATE_FUZZ_SCALE", "1")))
-
-
-def budget(n: int):
-    return settings(max_examples=n * SCALE, deadline=None, derandomize=SCALE == 1,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-
 
 BASE = adult_order_set("F0001")
 LINES = BASE.rstrip("\r").split("\r")
@@ -77,7 +68,7 @@ def field_mutations(draw):
     return "\r".join(lines) + "\r"
 
 
-@budget(500)
+@examples(500)
 @given(field_mutations())
 def test_field_mutations_of_every_segment_type_always_answered(text):
     answer_text(text)
@@ -88,7 +79,7 @@ def test_field_mutations_of_every_segment_type_always_answered(text):
 FREE = [c for c in "!#$%*+,./:;<=>?@[]_`{}'\"" if c not in BASE] + [c for c in "|^~\\&"]
 
 
-@budget(150)
+@examples(150)
 @given(st.lists(st.sampled_from(FREE), min_size=5, max_size=5, unique=True))
 @example(list("#$%@!") if all(c in FREE for c in "#$%@!") else list("|^~\\&"))
 def test_consistent_reencoding_reads_the_same(chars):
@@ -100,7 +91,7 @@ def test_consistent_reencoding_reads_the_same(chars):
     assert outcome.control_id == "F0001"
 
 
-@budget(150)
+@examples(150)
 @given(st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=6),
        st.sampled_from(["|", "#", "A", " ", "^", "\\", "é"]))
 def test_broken_encoding_characters_are_answered(msh2, fs):
@@ -114,7 +105,7 @@ def test_broken_encoding_characters_are_answered(msh2, fs):
 CHARSETS = ["", "ASCII", "8859/1", "UNICODE UTF-8", "UNICODE", "UTF-8", "8859/15", "ISO IR192", "KLINGON", "\\X00\\"]
 
 
-@budget(200)
+@examples(200)
 @given(st.sampled_from(CHARSETS), st.sampled_from(["utf-8", "latin-1"]), st.text(
     alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="|^~\\&"), max_size=20),
     st.booleans(), st.binary(max_size=8))
@@ -128,7 +119,7 @@ def test_charsets_and_byte_encodings_are_answered(charset, codec, accented, bom,
     answer_bytes(data + junk)  # trailing bytes after the last segment: still answered
 
 
-@budget(150)
+@examples(150)
 @given(st.one_of(field_mutations().map(lambda t: t.encode("utf-8")), st.binary(max_size=400),
                  st.binary(max_size=300).map(lambda b: BASE.encode() + b)))
 def test_cli_check_json_path_always_answers(data):
@@ -160,7 +151,7 @@ def _go_verdict(text: str):
     return outcome.ack_code, go["order_control"]
 
 
-@budget(300)
+@examples(300)
 @given(NUMBERISH, st.sampled_from(["mg^milligram^UCUM", "mg", "ug^microgram^UCUM", "g", "mg/m2", "", "MG"]))
 def test_mutated_go_dose_never_accepted(dose, units):
     """Whatever RXE-3/RXE-5 hold: unless the reader reads a dose within 5 % of 9 mg/m2 x BSA in mg, refused."""
@@ -187,7 +178,7 @@ ENDS = st.one_of(
 )
 
 
-@budget(300)
+@examples(300)
 @given(st.one_of(st.tuples(DURATIONS, st.just("20261201140000")), st.tuples(st.just("240^min"), ENDS),
                  st.tuples(DURATIONS, ENDS)))
 def test_mutated_infusion_duration_never_accepted(case):
@@ -224,7 +215,7 @@ PREMED_TIMES = st.one_of(
 )
 
 
-@budget(250)
+@examples(250)
 @given(PREMED_TIMES, st.sampled_from(["first", "steroid"]))
 def test_mutated_premedication_time_never_accepted(when, which):
     """A premedication start (TQ1-7) outside its window before the GO start, or unreadable: GO refused."""

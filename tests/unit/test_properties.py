@@ -6,16 +6,17 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import hl7
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.builders import UTC, adult_order_set, go_order, run, standard_premeds
+from tests.budget import examples
+from tests.builders import EXPECTED_MG, UTC, adult_order_set, go_order, run, standard_premeds
 from validator import InMemoryStore, load_protocol, process_text
 
 PROTOCOL = load_protocol()
 BASE = adult_order_set("P0001")
 SEGMENTS = BASE.rstrip("\r").split("\r")
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = examples(100)  # x RXGATE_FUZZ_SCALE under make fuzz (tests/budget.py)
 
 
 def answer(text: str):
@@ -74,10 +75,6 @@ def go_verdict(text: str):
     outcome = run(text)
     go = next(o for o in outcome.result["orders"] if o["protocol_order"])
     return outcome.ack_code, go["order_control"]
-
-
-# Mosteller BSA of the adult example: sqrt(165 * 62 / 3600); 9 mg/m2 -> expected mg.
-EXPECTED_MG = Decimal(9) * (Decimal(165) * Decimal(62) / Decimal(3600)).sqrt()
 
 
 @SETTINGS

@@ -244,16 +244,18 @@ def test_sentinel_failover_celery_and_direct_clients_follow_the_master(tmp_path)
 
     procs = []
     try:
-        m_port, p = _redis_proc(tmp_path, "master")
+        m_port, p = _redis_proc(tmp_path, "master", "repl-diskless-sync-delay 0")  # the replica syncs at once
         procs.append(p)
         r_port, p = _redis_proc(tmp_path, "replica", f"replicaof 127.0.0.1 {m_port}")
         procs.append(p)
+        master, replica = redis.Redis(port=m_port), redis.Redis(port=r_port)
+        _until(lambda: replica.info("replication")["master_link_status"] == "up", 20, "the replica")
+        # the sentinel only after the replica is linked: it learns the replicas from the master's INFO, at its
+        # start and then every 10 s, so started earlier it would mostly wait those 10 s
         s_port, p = _redis_proc(tmp_path, "sentinel", f"sentinel monitor rxm 127.0.0.1 {m_port} 1",
                                 "sentinel down-after-milliseconds rxm 1000", "sentinel failover-timeout rxm 5000")
         procs.append(p)
-        master, replica = redis.Redis(port=m_port), redis.Redis(port=r_port)
         sent = redis.Redis(port=s_port)
-        _until(lambda: replica.info("replication")["master_link_status"] == "up", 20, "the replica")
         _until(lambda: [x for x in sent.sentinel_slaves("rxm") if x.get("is_disconnected") is False
                         and x.get("is_odown") is False and x.get("is_sdown") is False
                         and x.get("master-link-status") == "ok"], 30, "the sentinel to see a healthy replica")
@@ -272,7 +274,10 @@ def test_sentinel_failover_celery_and_direct_clients_follow_the_master(tmp_path)
         _until(lambda: int(sent.sentinel_get_master_addr_by_name("rxm")[1]) == r_port, 30, "the failover")
         _until(lambda: replica.info("replication")["role"] == "master", 20, "the replica to be master")
         # until the sentinel has demoted it, the old master still accepts writes that the resync then drops:
-        # the asynchronous-replication loss docs/scale-out.md describes
+        # the asynchronous-replication loss docs/scale-out.md describes. The sentinel does it on its next INFO
+        # of the old master (every 10 s); the test does the same step now (REPLICAOF the new master) instead
+        # of waiting for that tick.
+        master.execute_command("REPLICAOF", "127.0.0.1", str(r_port))
         _until(lambda: master.info("replication")["role"] == "slave", 20, "the old master to be demoted")
 
         _until(lambda: client.xadd("so:inbound", {"hl7": "two"}), 20, "master_client to reach the new master")

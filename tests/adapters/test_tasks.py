@@ -57,6 +57,10 @@ def test_the_module_attributes_are_the_process_app_made_on_first_use(monkeypatch
         assert tasks.app is tasks.app is celery_app.get_app()
         assert tasks.validate is tasks.app.tasks[TASK]
         assert tasks.app.conf.broker_url == "redis://127.0.0.1:1/0"
+        from celery.app.utils import find_app
+
+        assert find_app("workers.queue.tasks") is tasks.app  # what `celery -A workers.queue.tasks` resolves
+        assert TASK in find_app("workers.queue.tasks").tasks
         with pytest.raises(AttributeError):
             tasks.no_such_thing  # noqa: B018
     finally:

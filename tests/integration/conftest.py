@@ -54,11 +54,16 @@ def redis_url(tmp_path_factory):
 
 
 def service_env(redis_url: str, tmp_path: Path, **overrides: str) -> dict[str, str]:
-    """The environment of a child process: its own stream prefix and SQLite file, timeouts in seconds."""
+    """The environment of a child process: its own stream prefix and SQLite file, timeouts in seconds.
+
+    The takeover windows (XAUTOCLAIM idle 5 s, Celery visibility 10 s; production: 60 s, 1 h) are short so
+    that work a killed process held comes back soon, and long enough that a consumer still at work on a
+    busy 2-core machine is not overtaken (with 1 s and 3 s, a batch slowed down by the load was taken over
+    and answered twice)."""
     e = dict(os.environ)
     e.update(
         RXGATE_BROKER_URL=redis_url, RXGATE_EMBEDDED="0", RXGATE_DATABASE_URL=f"sqlite:///{tmp_path / 'rx.db'}",
-        RXGATE_STREAM_PREFIX=f"t{uuid.uuid4().hex[:8]}", RXGATE_CLAIM_IDLE="1", RXGATE_VISIBILITY_TIMEOUT="3",
+        RXGATE_STREAM_PREFIX=f"t{uuid.uuid4().hex[:8]}", RXGATE_CLAIM_IDLE="5", RXGATE_VISIBILITY_TIMEOUT="10",
         RXGATE_UNACKED_RESTORE_INTERVAL="1", RXGATE_UNACKED_RESTORE_THROTTLE="1",
         RXGATE_STREAM_BATCH="20", RXGATE_STREAM_BLOCK_MS="200", RXGATE_TIMEZONE="America/New_York",
         RXGATE_RETRY_BUDGET="2", RXGATE_RETRY_INITIAL_DELAY="0.1", RXGATE_RETRY_MAX_DELAY="0.5",

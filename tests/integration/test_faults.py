@@ -168,19 +168,26 @@ def test_bridges_killed_at_random_points(env, tmp_path):
     def consumer(proc) -> str:
         return f"{os.uname().nodename}-{proc.pid}"  # the bridge's consumer name
 
-    def started(proc) -> None:
-        """Up and reading (its consumer joined the group): on a busy machine a bridge takes seconds to start,
-        and a batch fed before that would all go to the other one, leaving the victim idle."""
-        wait_until(lambda: has_consumer(r, inbound, consumer(proc)), 120, what=f"bridge pid {proc.pid} reading")
+    def reading() -> list[int]:
+        """The bridges that are up and reading (their consumer joined the group): on a busy machine a bridge
+        takes seconds to start, and one that is not reading yet would never hold entries."""
+        return [i for i, proc in enumerate(bridges) if has_consumer(r, inbound, consumer(proc))]
+
+    up: list[int] = []
+
+    def some_reading() -> bool:
+        up[:] = reading()
+        return bool(up)
 
     try:
         feed(40)
         bridges = [procs.start("bridge"), procs.start("bridge")]
-        for b in bridges:
-            started(b)
+        wait_until(lambda: len(reading()) == 2, 120, what="both bridges reading")
         kills = mid_batch = 0
         while kills < KILLS:
-            i = rng.randrange(2)
+            # the victim: a random one of those reading (a bridge restarted by the last round may still start)
+            wait_until(some_reading, 120, what="a bridge reading")
+            i = rng.choice(up)
             victim = consumer(bridges[i])
 
             def victim_busy(v=victim) -> bool:
@@ -196,7 +203,6 @@ def test_bridges_killed_at_random_points(env, tmp_path):
             procs.kill9(bridges[i])
             kills += 1
             bridges[i] = procs.start("bridge")
-            started(bridges[i])
         acks = check_ledger(e, r, sent, procs)
     finally:
         procs.stop_all()

@@ -3,7 +3,6 @@
 Each test uses its own stream prefix and its own SQLite file; visibility timeout and XAUTOCLAIM idle
 time are set to seconds so the kill -9 tests run fast (production values are settings).
 """
-# ruff: noqa: F811 - the fixtures are re-exported from conftest for test_mllp / test_scale_out
 
 from __future__ import annotations
 
@@ -51,7 +50,7 @@ def test_worker_and_bridge_answer_every_message_once(env, procs):
     stream_ids[r.xadd(inbound, {"hl7": dup})] = "SDUP"
     stream_ids[r.xadd(inbound, {"hl7": dup})] = "SDUP"
 
-    app = make_app(Settings(broker_url=env["RXGATE_BROKER_URL"], visibility_timeout=3))
+    app = make_app(Settings(broker_url=env["RXGATE_BROKER_URL"], visibility_timeout=3))  # its own, read back
     # celery #7651: the visibility timeout reached the live channel
     with app.connection_for_write() as conn:
         assert conn.default_channel.visibility_timeout == 3
@@ -138,7 +137,7 @@ def test_kill9_bridge_mid_batch_then_restart(env, procs):
     answered_before = r.xlen(outbound)
     assert 0 < answered_before < n, "the kill must land mid-run"
     assert r.xpending(inbound, "rxgate")["pending"] > 0  # a batch was read and not answered
-    procs.start("bridge")  # a new consumer: takes the dead one's entries over after claim_idle (1 s)
+    procs.start("bridge")  # a new consumer: takes the dead one's entries over after claim_idle (5 s)
     wait_until(lambda: r.xlen(outbound) >= n and r.xlen(inbound) == 0 and not r.xpending(inbound, "rxgate")["pending"],
                120, what=f"{n} answers and nothing pending")
     procs.stop_all()  # a late duplicate (a consumer answering what the other took over) is written by now

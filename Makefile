@@ -17,8 +17,11 @@ install: $(STAMP)
 run: install
 	$(VENV)/bin/rxgate serve
 
+# The whole suite in two pytest processes (pytest-xdist; a test file stays in one process, so its module
+# fixtures are made once). Timings: README, Tests. Hypothesis at RXGATE_FUZZ_SCALE=1, the fault tests with
+# 10 kills and 10 s outages. Tests write under tmp dirs only (tests/conftest.py): no .pytest_cache here either.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 bench: install
 	$(PY) -m bench.run
@@ -26,14 +29,17 @@ bench: install
 lint: install
 	$(VENV)/bin/ruff check validator workers tests
 
-# Fuzzing: atheris targets (fuzz/atheris_*.py, FUZZ_SECONDS each, default 120) then the hypothesis harness
-# at RXGATE_FUZZ_SCALE=20 (~40 000 examples); without atheris the hypothesis run is doubled instead.
+# Fuzzing: atheris targets (fuzz/atheris_*.py, FUZZ_SECONDS each, default 120) then the hypothesis properties
+# (tests/unit/test_fuzz.py, test_properties.py, the batching properties of tests/adapters/test_batched_writes.py)
+# at RXGATE_FUZZ_SCALE=20 (20 x the examples of make test, tests/budget.py); without atheris, scale 40.
 fuzz: install
 	PY=$(PY) sh fuzz/run.sh
 
-# Soak: the fault tests with 200 random kills and 2-minute database outages (make test runs 20 kills, 30 s).
+# Soak: the fault tests with 200 random kills and 2-minute database outages (make test runs 10 kills, 10 s),
+# their numbers appended to var/fault-report.jsonl (RELIABILITY.md); then the structured fuzzing at scale 50.
 soak: install
 	RXGATE_SOAK_KILLS=$${RXGATE_SOAK_KILLS:-200} RXGATE_TEST_OUTAGE_S=$${RXGATE_TEST_OUTAGE_S:-120} \
+		RXGATE_FAULT_REPORT=$${RXGATE_FAULT_REPORT:-$(CURDIR)/var/fault-report.jsonl} \
 		$(PY) -m pytest -q -p no:cacheprovider tests/integration/test_faults.py
 	RXGATE_FUZZ_SCALE=$${RXGATE_FUZZ_SCALE:-50} $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_fuzz.py
 

@@ -23,5 +23,8 @@ else
     SCALE=$((SCALE * 2))
 fi
 echo "== hypothesis harness, RXGATE_FUZZ_SCALE=$SCALE"
-RXGATE_FUZZ_SCALE=$SCALE $PY -m pytest -q -p no:cacheprovider tests/unit/test_fuzz.py tests/unit/test_properties.py || status=1
+RXGATE_FUZZ_SCALE=$SCALE $PY -m pytest -q -p no:cacheprovider tests/unit/test_fuzz.py tests/unit/test_properties.py \
+    || status=1
+RXGATE_FUZZ_SCALE=$SCALE $PY -m pytest -q -p no:cacheprovider tests/adapters/test_batched_writes.py \
+    -k "batched_verdicts_equal_one_by_one" || status=1
 exit $status

@@ -165,12 +165,14 @@ def install_access_log_filter() -> None:
 
 
 def create_app(store_url: str | None = None, token_sha256: str | None = None, *, tz: tzinfo | None = None,
-               store: SqlStore | None = None, service_health: Callable[[], dict] | None = None) -> FastAPI:
+               store: SqlStore | None = None, service_health: Callable[[], dict] | None = None,
+               cds=None) -> FastAPI:
     """The audit app over the database at `store_url` (or an open `store`).
 
     `service_health`: when given (by `rxgate serve`), /health reports the broker and the database.
     `token_sha256`: hex SHA-256 of the bearer token; empty or None closes every protected route.
     `tz`: the zone of since/until dates and of displayed times (default: RXGATE_TIMEZONE).
+    `cds`: the CDS Hooks routes' `workers.http.cds.CdsConfig` (default: from RXGATE_* settings).
     """
     if tz is None:
         tz = _settings_tz()
@@ -311,6 +313,13 @@ def create_app(store_url: str | None = None, token_sha256: str | None = None, *,
         return get_swagger_ui_html(openapi_url="/openapi.json", title="rxgate audit API")
 
     _add_pages(app, store, tz, token_ok, new_session, authorised, bearer)
+    from workers.http.cds import CdsConfig, cds_router  # CDS Hooks order-sign, its own JWT auth
+
+    if cds is None:
+        from workers.settings import Settings
+
+        cds = CdsConfig.from_settings(Settings())
+    app.include_router(cds_router(store, cds))
     from workers.metrics import mount_metrics  # open GET /metrics (docs/metrics.md)
 
     mount_metrics(app)

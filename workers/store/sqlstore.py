@@ -226,7 +226,7 @@ class FindingRow(Base):
     placer_number: Mapped[str | None] = mapped_column(String(500), nullable=True)
     rule: Mapped[str] = mapped_column(String(100), index=True)
     severity: Mapped[str] = mapped_column(String(10))
-    location: Mapped[str | None] = mapped_column(String(50), nullable=True)
+    location: Mapped[str | None] = mapped_column(String(500), nullable=True)  # a FHIR path fits (0007)
     message: Mapped[str] = mapped_column(Text)
 
 

@@ -27,6 +27,12 @@ CONTROL_STATUS = {"NW": "draft", "CA": "cancelled", "DC": "stopped"}
 _ids = itertools.count(1)
 
 
+def reset_ids() -> None:
+    """Observation ids from 1 again (examples/cds/ is regenerated the same every time)."""
+    global _ids
+    _ids = itertools.count(1)
+
+
 def instant(hl7_time: str) -> str:
     """`YYYYMMDDHHMMSS` (UTC in the tests) as a FHIR dateTime."""
     t = hl7_time
@@ -177,8 +183,7 @@ def patient(mrn: str = "MRN55501", dob: str = "19660412", sex: str = "F", *, pat
 
 
 def bundle(resources: list[dict[str, Any]], kind: str = "searchset") -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": kind,
-            "entry": [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": r} for r in resources]}
+    return {"resourceType": "Bundle", "type": kind, "entry": [{"resource": r} for r in resources]}
 
 
 def order_sign(drafts: list[dict[str, Any]], *, patient_resource: dict[str, Any] | None,

@@ -21,7 +21,7 @@ same elements as 4.0.1). What a model gives is mapped onto `validator.model`:
 - Patient -> `Patient`: the identifier of type MR (else the first) with its assigner (else its
   system) as the authority; birthDate; gender.
 
-Locations keep the HL7 coordinates the rules compute with and add the FHIR path
+Locations keep the HL7 coordinates the rules compute with and add the FHIR path (docs/cds-hooks.md)
 (`MedicationRequest/abc.dosageInstruction[0].doseAndRate[0].doseQuantity`): see `Location`.
 
 What cannot be read is reported as a finding (`rxgate.fhir`, an error) rather than dropped; a GO

@@ -94,8 +94,7 @@ class Cds:
         return query_messages(self.store, AuditFilter(), UTC)[1]
 
 
-@pytest.fixture
-def cds(tmp_path, sqlite_url):
+def _harness(tmp_path, url):
     ec_key = ec.generate_private_key(ec.SECP384R1())
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key()))
@@ -104,7 +103,7 @@ def cds(tmp_path, sqlite_url):
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     issuers = parse_issuers(f"{EC_ISSUER}={tmp_path / 'ehr.jwks'},{RSA_ISSUER}={tmp_path / 'rsa.pem'}")
     clock = Clock()
-    store = open_sql_store(sqlite_url)
+    store = open_sql_store(url)
     harness = Cds(client=None, store=store, clock=clock, ec_key=ec_key, rsa_key=rsa_key)  # type: ignore[arg-type]
 
     def fhir_server(request: httpx.Request) -> httpx.Response:
@@ -120,6 +119,16 @@ def cds(tmp_path, sqlite_url):
         harness.client = client
         yield harness
     store.dispose()
+
+
+@pytest.fixture
+def cds(tmp_path, sqlite_url):
+    yield from _harness(tmp_path, sqlite_url)
+
+
+@pytest.fixture
+def cds_any_db(tmp_path, db_url):
+    yield from _harness(tmp_path, db_url)
 
 
 def adult_request(**go) -> dict:
@@ -579,3 +588,27 @@ def test_a_hl7_premedication_is_an_acetaminophen_order(cds):
     assert fb.premed_request("P", ACETAMINOPHEN, "650")["medicationCodeableConcept"]["coding"][0] == {
         "code": "161", "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "display": "acetaminophen"}
     assert len(standard_observation_params()) == len(fb.observations()) == 7
+
+
+def test_a_call_and_its_feedback_are_audited_on_sqlite_and_postgresql(cds_any_db):
+    """FHIR paths are longer than HL7 locations: the 0007 migration makes room for them on PostgreSQL."""
+    cds = cds_any_db
+    (card,) = [c for c in cds.call(adult_request(dose="18.5")).json()["cards"] if c["summary"].startswith("go.dose")]
+    feedback = {"feedback": [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-12-01T08:35:00Z"}]}
+    assert cds.call(feedback, cds.token(aud=FEEDBACK_URL), path=FEEDBACK_PATH).status_code == 200
+    call, answer = cds.records()[-2:]
+    assert call["message_type"] == "CDS order-sign" and answer["message_type"] == "CDS feedback"
+    assert any(f["location"] == "MedicationRequest/ORD1001.dosageInstruction[0].doseAndRate[0].doseQuantity"
+               for f in call["findings"])
+    from workers.store.audit import verify_chain
+
+    assert verify_chain(cds.store).intact
+
+
+def test_the_bundled_cds_example_gives_the_readme_card(cds):
+    """examples/cds/order-sign-refused-dose.json (README "Connecting") is refused-dose.hl7 as FHIR."""
+    body = json.loads((EXAMPLES / "cds" / "order-sign-refused-dose.json").read_text())
+    cards = cds.call(body).json()["cards"]
+    assert [c["summary"] for c in cards][0] == (
+        "go.dose: dose 18.5 mg exceeds 9 mg/m² × 1.82 m² = 16.4 mg (+13%, tolerance 5%)")
+    assert critical(cards) == {"go.dose", "go.orderset"}

@@ -1,4 +1,4 @@
-"""CDS Hooks 2.0 `order-sign` with FHIR R4 (docs/interfaces.md §5 "HTTP"): discovery, the call, feedback.
+"""CDS Hooks 2.0 `order-sign` with FHIR R4 (docs/interfaces.md §5 "HTTP"; docs/cds-hooks.md): discovery, the call, feedback.
 
     GET  /cds-services                                  open: the one service and its prefetch templates
     POST /cds-services/rxgate-go-order-sign             JWT: draft orders + prefetch -> {"cards": [...]}
@@ -467,6 +467,9 @@ def cds_router(store: SqlStore, config: CdsConfig) -> APIRouter:
             return None, _error(503, f"database unavailable: {exc}")
 
     async def read_json(request: Request) -> tuple[Any, JSONResponse | None]:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return None, _error(413, f"request of {declared} bytes exceeds {MAX_BODY_BYTES} bytes")
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
             return None, _error(413, f"request of {len(body)} bytes exceeds {MAX_BODY_BYTES} bytes")

@@ -38,8 +38,17 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from jinja2 import DictLoader, Environment, select_autoescape
 from pydantic import BaseModel
 
-from workers.store.audit import AuditFilter, FilterError, get_message, parse_filter, query_messages, stats, verify_chain
-from workers.store.sqlstore import SqlStore, open_sql_store
+from workers.store import (
+    AuditFilter,
+    FilterError,
+    SqlStore,
+    get_message,
+    open_sql_store,
+    parse_filter,
+    query_messages,
+    stats,
+    verify_chain,
+)
 
 log = logging.getLogger("rxgate.audit_api")
 
@@ -177,7 +186,7 @@ def create_app(store_url: str | None = None, token_sha256: str | None = None, *,
     if store is None:
         if not store_url:
             raise ValueError("create_app needs store_url or store")
-        store = open_sql_store(store_url)
+        store = open_sql_store(store_url, create=False)  # the API reads a log, never makes one
     expected = (token_sha256 or "").strip().lower()
     session_key = secrets.token_bytes(32)
     install_access_log_filter()

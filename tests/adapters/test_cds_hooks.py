@@ -44,8 +44,7 @@ from validator.protocol import load_protocol_set
 from workers.http.app import create_app
 from workers.http.cds import FEEDBACK_PATH, SERVICE_PATH, CdsConfig, make_card, prefetch_templates, summary_text
 from workers.http.cds_auth import parse_issuers
-from workers.store.audit import AuditFilter, get_message, query_messages
-from workers.store.sqlstore import open_sql_store
+from workers.store import AuditFilter, get_message, open_sql_store, query_messages
 
 EC_ISSUER = "https://ehr.genhosp.example.org"
 RSA_ISSUER = "https://rsa-ehr.example.org"
@@ -103,7 +102,7 @@ def _harness(tmp_path, url):
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     issuers = parse_issuers(f"{EC_ISSUER}={tmp_path / 'ehr.jwks'},{RSA_ISSUER}={tmp_path / 'rsa.pem'}")
     clock = Clock()
-    store = open_sql_store(url)
+    store = open_sql_store(url, create=True)  # the service made the log; the API and CDS routes use it
     harness = Cds(client=None, store=store, clock=clock, ec_key=ec_key, rsa_key=rsa_key)  # type: ignore[arg-type]
 
     def fhir_server(request: httpx.Request) -> httpx.Response:
@@ -600,7 +599,7 @@ def test_a_call_and_its_feedback_are_audited_on_sqlite_and_postgresql(cds_any_db
     assert call["message_type"] == "CDS order-sign" and answer["message_type"] == "CDS feedback"
     assert any(f["location"] == "MedicationRequest/ORD1001.dosageInstruction[0].doseAndRate[0].doseQuantity"
                for f in call["findings"])
-    from workers.store.audit import verify_chain
+    from workers.store import verify_chain
 
     assert verify_chain(cds.store).intact
 

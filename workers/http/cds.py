@@ -38,8 +38,8 @@ from validator.history import HistoryChanged, ProcessedMessage
 from validator.protocol import Protocol, ProtocolSet, load_protocol_set
 from validator.verdict import Judgement, OrderVerdict, judge
 from workers.http.cds_auth import LEEWAY, CdsAuthError, CdsKeysUnavailable, Issuer, authenticate, parse_issuers
+from workers.store import SqlStore, StoreUnavailable
 from workers.store.cds import Card, CdsLedger
-from workers.store.sqlstore import SqlStore, StoreUnavailable
 
 log = logging.getLogger("rxgate.cds")
 

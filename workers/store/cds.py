@@ -9,7 +9,7 @@
               recorded against the card's call in the audit log. The call itself, cards included,
               is an audit record; this table only finds it again.
 
-Tables are created by the Alembic migration 0007_cds_hooks.
+The tables are `CdsJtiRow` and `CdsCardRow` in schema.py (migration 0007_cds_hooks).
 """
 
 from __future__ import annotations
@@ -17,40 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Index, Integer, String, UniqueConstraint, delete, insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
-from workers.store.sqlstore import SqlStore, UTCDateTime, _clean
-
-
-class CdsBase(DeclarativeBase):
-    pass
-
-
-class JtiRow(CdsBase):
-    __tablename__ = "cds_jti"
-    __table_args__ = (UniqueConstraint("issuer", "jti", name="uq_cds_jti_issuer_jti"),
-                      Index("ix_cds_jti_expires_at", "expires_at"))
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    issuer: Mapped[str] = mapped_column(String(1000))
-    jti: Mapped[str] = mapped_column(String(500))
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class CardRow(CdsBase):
-    __tablename__ = "cds_cards"
-
-    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
-    issuer: Mapped[str] = mapped_column(String(1000))
-    hook_instance: Mapped[str] = mapped_column(String(500), index=True)
-    patient_key: Mapped[str] = mapped_column(String(1000), default="")
-    rule: Mapped[str] = mapped_column(String(100))
-    indicator: Mapped[str] = mapped_column(String(10))
-    location: Mapped[str | None] = mapped_column(String(500), nullable=True)
-    summary: Mapped[str] = mapped_column(String(500))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+from workers.store import SqlStore
+from workers.store.schema import CdsCardRow as CardRow
+from workers.store.schema import CdsJtiRow as JtiRow
+from workers.store.schema import clean_text as _clean
 
 
 @dataclass(frozen=True)

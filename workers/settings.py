@@ -84,6 +84,16 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r} (use an IANA name such as America/New_York)") from exc
         return value
 
+    @field_validator("cds_issuers")
+    @classmethod
+    def _usable_issuers(cls, value: str) -> str:
+        if value.strip():
+            # a key file that cannot be read is a start-up error naming it (IssuerConfigError is a ValueError)
+            from workers.http.cds_auth import parse_issuers
+
+            parse_issuers(value)
+        return value
+
     @cached_property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)

@@ -74,6 +74,7 @@ class Cds:
     rsa_key: rsa.RSAPrivateKey
     fhir_requests: list[httpx.Request] = field(default_factory=list)
     fhir_routes: dict[str, dict] = field(default_factory=dict)  # path+query -> JSON answer
+    config: CdsConfig | None = None
 
     def token(self, *, aud: str = SERVICE_URL, iss: str = EC_ISSUER, alg: str = "ES384", kid: str | None = EC_KID,
               exp: float | None = None, jti: str | None = None, key=None, **claims) -> str:
@@ -113,6 +114,7 @@ def _harness(tmp_path, url):
 
     config = CdsConfig(protocols=load_protocol_set(), tz=UTC, issuers=issuers, now=clock,
                        http=lambda: httpx.Client(transport=httpx.MockTransport(fhir_server)))
+    harness.config = config
     app = create_app(store=store, token_sha256="", tz=UTC, cds=config)
     with TestClient(app) as client:
         harness.client = client
@@ -611,3 +613,48 @@ def test_the_bundled_cds_example_gives_the_readme_card(cds):
     assert [c["summary"] for c in cards][0] == (
         "go.dose: dose 18.5 mg exceeds 9 mg/m² × 1.82 m² = 16.4 mg (+13%, tolerance 5%)")
     assert critical(cards) == {"go.dose", "go.orderset"}
+
+
+def test_a_bad_issuer_setting_stops_the_service_with_one_line(tmp_path, monkeypatch):
+    from workers.cli import main
+
+    monkeypatch.setenv("RXGATE_CDS_ISSUERS", f"{EC_ISSUER}={tmp_path / 'gone.pem'}")
+    with pytest.raises(ValueError, match="gone.pem of issuer https://ehr.genhosp.example.org cannot be read"):
+        from workers.settings import Settings
+
+        Settings()
+    assert main(["health"]) == 2  # `bad setting: …`, no traceback
+
+
+def test_keys_from_a_jwks_url_and_503_when_it_cannot_be_fetched(cds, tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    jwks = (tmp_path / "ehr.jwks").read_bytes()
+
+    class Jwks(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(jwks)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Jwks)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    issuers = cds.config.issuers
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/jwks.json"
+        issuers.update(parse_issuers(f"https://jwks-ehr.example.org={url}"))
+        token = cds.token(iss="https://jwks-ehr.example.org")
+        assert cds.call(adult_request(), token).status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    issuers.update(parse_issuers(f"https://down-ehr.example.org=http://127.0.0.1:{server.server_port}/jwks.json",
+                                 timeout=2))
+    r = cds.call(adult_request(), cds.token(iss="https://down-ehr.example.org"))
+    assert r.status_code == 503 and "cannot be fetched" in r.json()["message"]

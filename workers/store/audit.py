@@ -1,4 +1,4 @@
-"""Auditors' queries over the SQL audit log, and verification of its hash chain (contract §4).
+"""Auditors' queries over the SQL audit log, and verification of its hash chain (docs/interfaces.md §4).
 
 Used by `rxgate audit` (workers/cli/audit.py) and the HTTP API (workers/http/app.py), so both
 apply the same filters the same way:

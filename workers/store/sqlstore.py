@@ -11,10 +11,10 @@ Tables (one audit record = one row of `audit_chain` + `messages` + `verdicts` + 
 - `messages`     id = seq; received/answered times (UTC), sender, MSH-3, MSH-4, control id,
                  message type, patient id / key, SHA-256 of the normalised message, raw text.
 - `verdicts`     message_id; ack code, protocol id + version hash, computed values (JSON),
-                 the full JSON result (contract §1).
+                 the full JSON result (docs/interfaces.md §1).
 - `findings`     message_id, position; order index / placer number, rule, severity, location, message.
 - `responses`    message_id; the HL7 response (ER7) sent.
-- `message_keys` (MSH-3, MSH-4, MSH-10) unique, content SHA-256, the stored answer (contract §3).
+- `message_keys` (MSH-3, MSH-4, MSH-10) unique, content SHA-256, the stored answer (docs/interfaces.md §3).
 - `deliveries`   one row per delivery of a keyed message (the first included).
 - `course_history` every accepted order (drug, start, placer number, sender), `cancelled_by`
                  set (never deleted) when a cancellation removes it from the course.
@@ -212,7 +212,7 @@ class VerdictRow(Base):
     protocol_id: Mapped[str] = mapped_column(String(200), default="")
     protocol_version: Mapped[str] = mapped_column(String(200), default="")
     computed: Mapped[str] = mapped_column(Text)  # canonical JSON
-    result: Mapped[str] = mapped_column(Text)  # canonical JSON of the contract §1 result
+    result: Mapped[str] = mapped_column(Text)  # canonical JSON of the docs/interfaces.md §1 result
 
 
 class FindingRow(Base):

@@ -17,7 +17,7 @@ def shared_dir() -> Path:
     return SHARED
 
 
-# --- databases for the SQL store and audit tests (workers/store/sqlstore.py) -------------------------
+# --- databases for the SQL store and audit tests (workers/store/) -------------------------
 
 PG_ADMIN_URL = os.environ.get("RXGATE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -72,8 +72,8 @@ def db_url(request, tmp_path):
 @pytest.fixture
 def store(db_url):
     """An SQL store on SQLite and on the real PostgreSQL (via db_url), disposed after the test."""
-    from workers.store.sqlstore import open_sql_store
+    from workers.store import open_sql_store
 
-    s = open_sql_store(db_url)
+    s = open_sql_store(db_url, create=True)
     yield s
     s.dispose()

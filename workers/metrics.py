@@ -77,10 +77,9 @@ from prometheus_client import (  # noqa: E402 - after PROMETHEUS_MULTIPROC_DIR i
 )
 from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 
-try:  # the classic text format 0.0.4: what every Prometheus 2.x and 3.x scrapes (our names need no escaping)
-    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE
-except ImportError:  # pragma: no cover - older prometheus_client
-    from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+# the classic text format 0.0.4: what every Prometheus 2.x and 3.x scrapes (our names need no escaping);
+# spelled out because prometheus_client names its constant differently across versions
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # the value class is chosen from the environment when prometheus_client is first imported, which may
 # have happened before this module ran (another library): choose it again now

@@ -18,7 +18,7 @@ from validator import load_protocol, process_text
 from workers.http.app import create_app
 from workers.http.chart import outcome_chart
 from workers.http.pages import STATIC_DIR, TEMPLATES_DIR, page_templates
-from workers.store.sqlstore import open_sql_store
+from workers.store import open_sql_store
 
 WHEN = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
 HOSTILE = "<script>alert(1)</script>"
@@ -37,7 +37,7 @@ def client(sqlite_url):
 
 def processed_client(url: str, *texts: str) -> TestClient:
     """An app over a log holding `texts` as the validator answered them (raw message, response, findings)."""
-    store = open_sql_store(url)
+    store = open_sql_store(url, create=True)
     for text in texts:
         process_text(text, store, load_protocol(), tz=UTC, received_at=WHEN)
     store.dispose()
@@ -103,7 +103,7 @@ def test_chart_escapes_a_hostile_day_label():
 
 
 def test_list_page_escapes_a_hostile_rule_id(sqlite_url):
-    store = open_sql_store(sqlite_url)
+    store = open_sql_store(sqlite_url, create=True)
     store.save(record("H1", datetime(2026, 12, 1, 9, 0, tzinfo=NY), "AE", [finding(HOSTILE)]))
     store.dispose()
     app = create_app(sqlite_url, TOKEN_SHA, tz=NY)

@@ -18,7 +18,7 @@ from tests.adapters.test_audit_api import AUTH, TOKEN, TOKEN_SHA, fill
 from tests.adapters.test_audit_cli import NY, record
 from workers.http.app import create_app
 from workers.http.auth import SESSION_COOKIE
-from workers.store.sqlstore import open_sql_store
+from workers.store import open_sql_store
 
 OPEN = {"/health", "/metrics", "/login", "/logout"}  # logout only clears the cookie: it reveals nothing
 
@@ -161,7 +161,7 @@ def test_exact_filters_still_work(client):
 
 
 def test_responses_are_bounded(sqlite_url):
-    store = open_sql_store(sqlite_url)
+    store = open_sql_store(sqlite_url, create=True)
     start = datetime(2026, 12, 1, 8, 0, tzinfo=NY)
     for i in range(120):
         store.save(record(f"B{i:03d}", start + timedelta(minutes=i)))

@@ -16,8 +16,7 @@ from fastapi.responses import JSONResponse
 
 from workers.http.auth import require_auth
 from workers.http.schemas import Head, MessageDetail, MessagePage, Stats, VerifyOut
-from workers.store.audit import AuditFilter, FilterError, get_message, query_messages, stats, verify_chain
-from workers.store.sqlstore import SqlStore
+from workers.store import AuditFilter, FilterError, SqlStore, get_message, query_messages, stats, verify_chain
 
 __all__ = ["MAX_ID", "router", "stats_body"]
 

@@ -19,7 +19,7 @@ from workers.http import api, pages
 from workers.http.access_log import install_access_log_filter
 from workers.http.auth import AuditAuth
 from workers.settings import Settings
-from workers.store.sqlstore import SqlStore, open_sql_store
+from workers.store import SqlStore, open_sql_store
 
 __all__ = ["create_app", "settings_app"]
 
@@ -61,7 +61,7 @@ def create_app(store_url: str | None = None, token_sha256: str | None = None, *,
     if store is None:
         if not store_url:
             raise ValueError("create_app needs store_url or store")
-        store = open_sql_store(store_url)
+        store = open_sql_store(store_url, create=False)  # the API reads a log, never makes one
     install_access_log_filter()
     # openapi.json and /docs are routes of their own, behind the token (workers/http/api.py)
     app = FastAPI(title="rxgate audit API", version="1", description=DESCRIPTION,

@@ -22,7 +22,7 @@ from workers.http.api import MAX_ID
 from workers.http.auth import page_authorised
 from workers.http.chart import outcome_chart
 from workers.http.segments import annotate_segments, segment_lines
-from workers.store.audit import FilterError, get_message, parse_filter, query_messages, stats
+from workers.store import FilterError, get_message, parse_filter, query_messages, stats
 
 __all__ = ["PAGE_HEADERS", "STATIC_DIR", "TEMPLATES_DIR", "page_templates", "router"]
 

@@ -97,6 +97,12 @@ MESSAGE_RULES = {
                    "that cannot be read): an error card, and the resource is left out of the judgement. A GO "
                    "MedicationRequest whose timing plans more than one administration is refused by `go.schedule` "
                    "(\"one order per dose: this order plans more than one start\").",
+    "rxgate.timeout": "MLLP: no verdict within RXGATE_MLLP_TIMEOUT: AR 207 on that connection only (not stored, "
+                      "published or audited); the message stays queued and a resend with the same control id gets "
+                      "its verdict.",
+    "service.not_processed": "Not processed after its retries (or not taken by the broker): AR 207 \"not processed, "
+                             "resend\", kept on the dead-letter stream, not audited and not stored under the message "
+                             "key, so a resend is processed afresh.",
 }
 
 

@@ -46,7 +46,7 @@ from .timing import percentile
 
 b = corpus.b
 REPO = corpus.REPO
-QUEUE_MODULES = ("workers.queue.celery_app", "workers.queue.tasks", "workers.queue.bridge", "workers.store.sqlstore")
+QUEUE_MODULES = ("workers.queue.celery_app", "workers.queue.tasks", "workers.queue.bridge", "workers.store")
 
 
 def queue_code_ready() -> tuple[bool, str]:
@@ -334,9 +334,9 @@ class StreamPath:
 
 def in_process(db_url: str, texts: list[str]) -> dict[str, Any]:
     from validator import load_protocol, process_text
-    from workers.store.sqlstore import open_sql_store
+    from workers.store import open_sql_store
 
-    store = open_sql_store(db_url)
+    store = open_sql_store(db_url, create=True)
     protocol = load_protocol()
     acks: dict[str, int] = {}
     try:
@@ -356,9 +356,9 @@ def in_process(db_url: str, texts: list[str]) -> dict[str, Any]:
 
 def _in_process_worker(db_url: str, texts: list[str], barrier, results) -> None:
     from validator import load_protocol, process_text
-    from workers.store.sqlstore import open_sql_store
+    from workers.store import open_sql_store
 
-    store = open_sql_store(db_url)
+    store = open_sql_store(db_url, create=True)
     protocol = load_protocol()
     try:
         for text in texts[:5]:

@@ -138,15 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_sql:
             ready, why = _sqlstore_ready()
             if ready:
-                from workers.store.sqlstore import open_sql_store
+                from workers.store import open_sql_store
 
-                stores["sqlite"] = lambda: open_sql_store(infra.new_sqlite_url())
+                stores["sqlite"] = lambda: open_sql_store(infra.new_sqlite_url(), create=True)
                 if infra.pg_available():
-                    stores["postgresql"] = lambda: open_sql_store(infra.new_pg_db())
+                    stores["postgresql"] = lambda: open_sql_store(infra.new_pg_db(), create=True)
                 else:
                     sql_note = "PostgreSQL not reachable"
             else:
-                sql_note = f"workers.store.sqlstore not importable: {why}"
+                sql_note = f"workers.store not importable: {why}"
         log("bench: scaling")
         size_cfg = dict(cfg, budget_s=cfg["size_budget_s"], min_n=cfg["min_n"], max_n=cfg["max_n"])
         results["scaling"] = {
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sqlstore_ready() -> tuple[bool, str]:
     try:
-        import workers.store.sqlstore  # noqa: F401
+        import workers.store  # noqa: F401
     except Exception as exc:  # noqa: BLE001
         return False, f"{type(exc).__name__}: {exc}"
     return True, ""

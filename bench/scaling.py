@@ -3,8 +3,8 @@
 History: a store holding 1, 10^3, 10^5 patients' course history (each: the accepted day-1 GO dose and
 its three premeds, 4 entries), then `process_message` of day-14 GO order sets for patients that are
 in the store (each message a new key, so nothing is answered from the dedupe table). Stores: the
-in-memory store (core only) and, when `workers.store.sqlstore` is importable, SQLite and PostgreSQL via
-`workers.store.sqlstore.open_sql_store`. The SQL history is bulk-inserted into `course_history` (one real
+in-memory store (core only) and, when `workers.store` is importable, SQLite and PostgreSQL via
+`workers.store.open_sql_store`. The SQL history is bulk-inserted into `course_history` (one real
 audit record first, whose id the bulk rows reference); the measured messages go through `save`,
 the audit chain included.
 
@@ -67,7 +67,7 @@ def fill_memory(store: InMemoryStore, template: list[HistoryEntry], patients: in
 
 def fill_sql(store: Any, template: list[HistoryEntry], patients: int, protocol: Protocol, chunk: int = 5000) -> None:
     """Bulk insert `patients` x 4 course_history rows (the first patient's via a real `save`)."""
-    from workers.store.sqlstore import HistoryRow
+    from workers.store.schema import HistoryRow
 
     # one real record: patient 0's accepted day-1 message
     process_text(b.go_dose_message("FILL0000", "20261201", mrn=patient_mrn(0)), store, protocol, tz=UTC,

@@ -64,7 +64,7 @@ def shared_dir() -> Path:
     return SHARED
 
 
-# --- databases for the SQL store and audit tests (workers/store/sqlstore.py) -------------------------
+# --- databases for the SQL store and audit tests (workers/store/) -------------------------
 
 PG_ADMIN_URL = os.environ.get("RXGATE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -112,10 +112,10 @@ class PgDatabases:
 
     def migrated(self) -> str:
         if self.template is None:
-            from workers.store.sqlstore import open_sql_store
+            from workers.store import open_sql_store
 
             template = self.empty()
-            open_sql_store(self.url(template)).dispose()  # no connection may stay open on a template
+            open_sql_store(self.url(template), create=True).dispose()  # no connection may stay open on a template
             self.template = template
         return self.empty(self.template)
 
@@ -187,8 +187,8 @@ def empty_db_url(request, tmp_path):
 @pytest.fixture
 def store(db_url):
     """An SQL store on SQLite and on the real PostgreSQL (via db_url), disposed after the test."""
-    from workers.store.sqlstore import open_sql_store
+    from workers.store import open_sql_store
 
-    s = open_sql_store(db_url)
+    s = open_sql_store(db_url, create=True)
     yield s
     s.dispose()

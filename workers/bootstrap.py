@@ -13,14 +13,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
-from pathlib import Path
 from typing import Any
 
-from validator import InMemoryStore, Outcome, Store, process_text
+from validator import Outcome, Store, process_text
 from validator.er7 import decode
 from validator.protocol import ProtocolSet, load_protocol_set
 from workers import metrics
 from workers.settings import Settings
+from workers.store import open_sql_store
 
 log = logging.getLogger("rxgate.service")
 
@@ -51,11 +51,8 @@ class Service:
 
 
 def bootstrap(settings: Settings | None = None, *, store: Store | None = None) -> Service:
-    """Settings -> protocol, tz, store. The SQL store (workers.store.sqlstore) when it is installed.
-
-    Without it the in-memory store is used, which is only right for a single process (unit tests):
-    a warning says so.
-    """
+    """Settings -> protocol, tz, store: the SQL store at `settings.database_url` unless one is given
+    (tests pass fakes or the in-memory store)."""
     settings = settings or Settings()
     protocol = load_protocol_set(settings.protocol, settings.protocol_field)
     if store is None:
@@ -72,15 +69,12 @@ def settle_heap() -> None:
 
 
 def open_store(url: str) -> Store:
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        # a relative SQLite path (the default ./var/rxgate.db): make its directory
-        Path(url.removeprefix("sqlite:///").split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        from workers.store.sqlstore import open_sql_store
-    except ImportError:
-        log.warning("workers.store.sqlstore is not installed: using an in-memory store (single process only, not kept)")
-        return InMemoryStore()
-    return open_sql_store(url)
+    """The service's store, created or migrated (a SQLite file and its directories made).
+
+    One that cannot be opened raises `StoreUnavailable` naming the URL (password hidden): a
+    start-up error, never a fallback to a store without audit log or de-duplication.
+    """
+    return open_sql_store(url, create=True)
 
 
 # --- retry policy shared by the Celery task and the bridge -------------------------------------------------

@@ -35,9 +35,6 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily
 
-# the classic text format 0.0.4: what every Prometheus 2.x and 3.x scrapes (our names need no escaping)
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE
-
 log = logging.getLogger("rxgate.metrics")
 
 OFF = {"off", "none", "-", "0", "false"}
@@ -89,6 +86,10 @@ def multiproc_dir() -> str | None:
 
 _multiproc_dir: str | None = None
 _configured = False
+
+# the classic text format 0.0.4: what every Prometheus 2.x and 3.x scrapes (our names need no escaping);
+# spelled out because prometheus_client names its constant differently across versions
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _Instruments:
@@ -322,7 +323,7 @@ def metrics_response(queue: QueueCollector | None = None) -> tuple[bytes, str]:
 
 
 def mount_metrics(app) -> None:
-    """Add the open `GET /metrics` route to a FastAPI app (contract §4: /metrics needs no token)."""
+    """Add the open `GET /metrics` route to a FastAPI app (docs/interfaces.md §4: /metrics needs no token)."""
     from fastapi.responses import Response
 
     if any(getattr(r, "path", None) == "/metrics" for r in app.router.routes):

@@ -1,4 +1,4 @@
-"""The auditors' HTTP API (workers/http/app.py): auth, filters, pagination, 422s, OpenAPI, schemathesis."""
+"""The auditors' HTTP API (workers/http/): auth, filters, pagination, 422s, OpenAPI, schemathesis."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from tests.builders import AUDIT_AUTH as AUTH
 from tests.builders import AUDIT_TOKEN as TOKEN
 from tests.builders import AUDIT_TOKEN_SHA as TOKEN_SHA
 from tests.builders import NY, fill_audit_store
-from workers.http.app import _DropQueryStrings, annotate_segments, create_app, outcome_chart
+from workers.http.access_log import DropQueryStrings
+from workers.http.app import create_app
+from workers.http.segments import annotate_segments
 
 
 @pytest.fixture
@@ -196,7 +198,7 @@ def test_openapi_describes_the_routes(client):
 def test_access_log_drops_query_strings():
     record_ = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
                                 ("127.0.0.1:5", "GET", "/audit/messages?patient=MRN55501", "1.1", 200), None)
-    _DropQueryStrings().filter(record_)
+    DropQueryStrings().filter(record_)
     assert "MRN55501" not in record_.getMessage() and "/audit/messages" in record_.getMessage()
 
 
@@ -209,20 +211,14 @@ def test_segment_annotation_uses_the_err_occurrence():
                 {"rule": "go.note", "severity": "info", "location": "RXR-1", "message": "fyi"}]
     response = "MSH|^~\\&|R|F\rMSA|AE|X\rERR||RXE^2^3|207^x^HL70357|E|go.dose\r"
     segs = annotate_segments(raw, findings, response)
-    rxe1, rxe2 = [s for s in segs if s["name"] == "RXE"]
-    assert not any(f["marks"] for f in rxe1["fields"])  # ERR-2 says the second RXE
-    (marked,) = [f for f in rxe2["fields"] if f["marks"]]
-    assert marked["number"] == 3 and marked["text"] == "99" and marked["severity"] == "error"
-    (rxr,) = [s for s in segs if s["name"] == "RXR"]
-    assert rxr["fields"][0]["severity"] == "info"  # no ERR for info: every RXR-1 is marked
+    rxe1, rxe2 = [s for s in segs if s.name == "RXE"]
+    assert not any(f.marks for f in rxe1.fields)  # ERR-2 says the second RXE
+    (marked,) = [f for f in rxe2.fields if f.marks]
+    assert marked.number == 3 and marked.text == "99" and marked.severity == "error"
+    (rxr,) = [s for s in segs if s.name == "RXR"]
+    assert rxr.fields[0].severity == "info"  # no ERR for info: every RXR-1 is marked
     msh = segs[0]
-    assert msh["fields"][0]["number"] == 2 and msh["fields"][0]["text"] == "^~\\&"
-
-
-def test_chart_is_inline_svg():
-    svg = outcome_chart([{"date": "2026-12-01", "messages": 3, "outcomes": {"AA": 1, "AE": 2, "AR": 0}}])
-    assert svg.startswith("<svg") and svg.count('class="bar-AE"') == 1 and 'class="bar-AR"' not in svg
-    assert "No messages" in outcome_chart([])
+    assert msh.fields[0].number == 2 and msh.fields[0].text == "^~\\&"
 
 
 # --- schemathesis ---------------------------------------------------------------------------------

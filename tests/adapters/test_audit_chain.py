@@ -13,8 +13,8 @@ from sqlalchemy import select, text
 from tests.builders import adult_order_set, go_order
 from validator import load_protocol, process_text
 from validator.history import MessageKey, ProcessedMessage
-from workers.store.audit import verify_chain
-from workers.store.sqlstore import GENESIS_HASH, ChainRow, canonical_json, chain_hash, open_sql_store
+from workers.store import GENESIS_HASH, canonical_json, chain_hash, open_sql_store, verify_chain
+from workers.store.schema import ChainRow
 
 WHEN = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
 
@@ -213,13 +213,13 @@ def _processed(control_id: str) -> ProcessedMessage:
 
 def test_concurrent_writers_never_fork_the_chain(db_url):
     """Four workers, each with its own engine (own connections), append at the same time."""
-    open_sql_store(db_url).dispose()  # migrate once
+    open_sql_store(db_url, create=True).dispose()  # migrate once
     workers, per_worker = 4, 12
     errors: list[BaseException] = []
     barrier = threading.Barrier(workers)
 
     def write(n: int) -> None:
-        store = open_sql_store(db_url)
+        store = open_sql_store(db_url, create=True)
         try:
             barrier.wait()
             for i in range(per_worker):
@@ -235,7 +235,7 @@ def test_concurrent_writers_never_fork_the_chain(db_url):
     for t in threads:
         t.join(timeout=120)
     assert not errors, errors
-    store = open_sql_store(db_url)
+    store = open_sql_store(db_url, create=True)
     try:
         with store.read_session() as s:
             rows = s.execute(select(ChainRow).order_by(ChainRow.seq)).scalars().all()

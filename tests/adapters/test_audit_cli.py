@@ -18,7 +18,7 @@ from tests.builders import adult_order_set, audit_record, fill_audit_store, go_o
 from tests.paths import ROOT
 from workers.cli.audit import CSV_COLUMNS, register
 from workers.cli.usage import UsageError
-from workers.store.sqlstore import open_sql_store
+from workers.store import open_sql_store
 
 
 @pytest.fixture
@@ -154,13 +154,15 @@ def test_database_from_environment_then_default(db, tmp_path, monkeypatch):
     assert audit("--format", "json")[1].count("\n") == 5
     monkeypatch.delenv("RXGATE_DATABASE_URL")
     monkeypatch.chdir(tmp_path)
+    open_sql_store("sqlite:///var/rxgate.db", create=True).dispose()  # ./var/rxgate.db, as the service makes it
     code, out = audit("head")
     assert code == 0 and "empty" in out
-    assert (tmp_path / "var" / "rxgate.db").exists()  # ./var/rxgate.db
 
 
 def test_empty_log_verifies(tmp_path):
-    code, out = audit("verify", "--db", f"sqlite:///{tmp_path / 'e.db'}")
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    open_sql_store(url, create=True).dispose()  # a log with rxgate's tables and no record yet
+    code, out = audit("verify", "--db", url)
     assert code == 0 and "empty" in out
 
 
@@ -197,7 +199,7 @@ def test_done_when_scenario_end_to_end(tmp_path):
 def test_audit_when_created_at_is_utc_now_default_zone(tmp_path, monkeypatch):
     monkeypatch.setenv("RXGATE_TIMEZONE", "UTC")
     url = f"sqlite:///{tmp_path / 'u.db'}"
-    store = open_sql_store(url)
+    store = open_sql_store(url, create=True)
     store.save(audit_record("U1", datetime(2026, 12, 1, 0, 0, tzinfo=UTC)))
     store.dispose()
     assert ids(url, "--since", "2026-12-01", "--until", "2026-12-01") == ["U1"]

@@ -21,7 +21,7 @@ from validator.history import HistoryChanged
 from workers.bootstrap import bootstrap
 from workers.queue.bridge import Bridge, ensure_group
 from workers.settings import Settings
-from workers.store.audit import verify_chain
+from workers.store import verify_chain
 
 
 def texts_with_repeats() -> list[str]:
@@ -247,7 +247,8 @@ def test_sqlite_writers_queue_on_a_file_lock_released_at_commit(sqlite_url, monk
     Shown by the order of events, not by a time measured on a machine that may be busy."""
     import threading
 
-    from workers.store.sqlstore import QueuedWriterConnection, make_engine
+    from workers.store import make_engine
+    from workers.store.engine import QueuedWriterConnection
 
     events: list[str] = []
     real_queue = QueuedWriterConnection.queue_for_write
@@ -260,7 +261,7 @@ def test_sqlite_writers_queue_on_a_file_lock_released_at_commit(sqlite_url, monk
             events.append("second holds the lock")
 
     monkeypatch.setattr(QueuedWriterConnection, "queue_for_write", queue_for_write)
-    engine = make_engine(sqlite_url)
+    engine = make_engine(sqlite_url, create=True)
     try:
         first = engine.connect()
         first.begin()  # BEGIN IMMEDIATE: holds the writers' lock
@@ -292,9 +293,10 @@ def test_sqlite_writer_lock_times_out_as_database_is_locked(sqlite_url):
     from sqlalchemy.exc import OperationalError
 
     from workers.bootstrap import is_transient
-    from workers.store.sqlstore import QueuedWriterConnection, make_engine
+    from workers.store import make_engine
+    from workers.store.engine import QueuedWriterConnection
 
-    engine = make_engine(sqlite_url)
+    engine = make_engine(sqlite_url, create=True)
     path = sqlite_url.removeprefix("sqlite:///")
     try:
         with engine.begin():
@@ -308,10 +310,10 @@ def test_sqlite_writer_lock_times_out_as_database_is_locked(sqlite_url):
 
 
 def test_reads_share_a_connection_only_where_a_read_cannot_block_the_write(sqlite_url, tmp_path):
-    from workers.store.sqlstore import open_sql_store
+    from workers.store import open_sql_store
 
-    wal = open_sql_store(sqlite_url)
-    memory = open_sql_store("sqlite://")
+    wal = open_sql_store(sqlite_url, create=True)
+    memory = open_sql_store("sqlite://", create=True)
     try:
         assert wal._reads_can_share  # WAL: readers never block the writer
         assert not memory._reads_can_share  # one connection for everything
@@ -369,9 +371,9 @@ def test_batched_verdicts_equal_one_by_one_for_any_course(steps, flush_every):
 @given(steps=st.lists(STEP, min_size=2, max_size=10), flush_every=st.integers(2, 5))
 def test_batched_verdicts_equal_one_by_one_on_sqlite_with_shared_reads(tmp_path_factory, steps, flush_every):
     """The same on the SQL store as the bridge uses it: one shared read connection, held writes."""
-    from workers.store.sqlstore import open_sql_store
+    from workers.store import open_sql_store
 
-    store = open_sql_store(f"sqlite:///{tmp_path_factory.mktemp('prop') / 'rx.db'}")
+    store = open_sql_store(f"sqlite:///{tmp_path_factory.mktemp('prop') / 'rx.db'}", create=True)
     try:
         texts = course_texts(steps)
         with store.reads_together():

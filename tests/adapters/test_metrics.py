@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.paths import ROOT
 from workers import metrics
 from workers.settings import Settings
+from workers.store import open_sql_store
 
 
 def samples(body: bytes | str) -> dict[tuple[str, tuple], float]:
@@ -190,7 +191,7 @@ def test_mount_metrics_adds_an_open_route(monkeypatch):
     metrics.mount_metrics(app)
     metrics.mount_metrics(app)  # idempotent
     assert sum(1 for r in app.router.routes if getattr(r, "path", "") == "/metrics") == 1
-    resp = TestClient(app).get("/metrics")  # no credentials: /metrics is open (contract §4)
+    resp = TestClient(app).get("/metrics")  # no credentials: /metrics is open (docs/interfaces.md §4)
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert "# TYPE rxgate_messages_total counter" in resp.text
@@ -200,7 +201,9 @@ def test_mount_metrics_adds_an_open_route(monkeypatch):
 def test_audit_api_serves_metrics_without_a_token(tmp_path, monkeypatch):
     audit_api = pytest.importorskip("workers.http.app")
     monkeypatch.setattr(metrics, "_queue_collector", metrics.QueueCollector(Settings(), client=fakeredis.FakeRedis()))
-    app = audit_api.create_app(f"sqlite:///{tmp_path / 'a.db'}", "0" * 64)
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    open_sql_store(url, create=True).dispose()  # the API reads a log the service made, never makes one
+    app = audit_api.create_app(url, "0" * 64)
     client = TestClient(app)
     resp = client.get("/metrics")
     assert resp.status_code == 200 and "rxgate_processing_seconds" in resp.text

@@ -1,4 +1,4 @@
-"""Security of the audit API (workers/http/app.py): every route closed but /health, /metrics and the login page;
+"""Security of the audit API (workers/http/): every route closed but /health, /metrics and the login page;
 filter values parameterised; bounded responses; CORS closed by default.
 
 Routes are enumerated from the app itself, so a route added later is covered without editing this file.
@@ -10,6 +10,7 @@ import re
 from datetime import datetime, timedelta
 
 import pytest
+from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from starlette.routing import Route
 
@@ -18,10 +19,12 @@ from tests.builders import AUDIT_TOKEN as TOKEN
 from tests.builders import AUDIT_TOKEN_SHA as TOKEN_SHA
 from tests.builders import NY, fill_audit_store
 from tests.builders import audit_record as record
-from workers.http.app import SESSION_COOKIE, create_app
-from workers.store.sqlstore import open_sql_store
+from workers.http.app import create_app
+from workers.http.auth import SESSION_COOKIE
+from workers.store import open_sql_store
 
-OPEN = {"/health", "/metrics", "/login", "/logout"}  # logout only clears the cookie: it reveals nothing
+# logout only clears the cookie: it reveals nothing; CDS Hooks discovery is open (contract §5 "HTTP")
+OPEN = {"/health", "/metrics", "/login", "/logout", "/cds-services"}
 
 
 @pytest.fixture
@@ -57,10 +60,11 @@ def probe(probe_client):
 
 
 def routes(app) -> list[tuple[str, str]]:
-    """(method, concrete path) for every route of the app; path parameters filled with 1."""
+    """(method, concrete path) for every route of the app, those of included routers too (FastAPI keeps
+    them out of `app.routes`); path parameters filled with 1. The /static mount is tested on its own."""
     out = []
-    for route in app.routes:
-        if not isinstance(route, Route):
+    for route in iter_route_contexts(app.routes):
+        if not isinstance(route.original_route, Route):
             continue
         path = re.sub(r"\{[^}]+\}", "1", route.path)
         for method in sorted(route.methods or {"GET"}):
@@ -113,6 +117,18 @@ def test_every_protected_get_route_opens_with_the_token_and_with_the_session(app
     assert SESSION_COOKIE in login.cookies or SESSION_COOKIE in client.cookies
     for path in gets:
         assert client.get(path).status_code in (200, 303, 307), path
+
+
+def test_static_serves_only_the_stylesheet(app, client):
+    mounts = [r.path for r in app.routes if not isinstance(r, Route) and getattr(r, "path", None)]
+    assert mounts == ["/static"]
+    css = client.get("/static/style.css")  # open: the login page needs it; it holds no data
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    for path in ("/static/", "/static/../app.py", "/static/%2e%2e/app.py", "/static/../../pyproject.toml",
+                 "/static/style.css/x", "/static/nothing.css"):
+        r = client.get(path, headers=AUTH)
+        assert r.status_code == 404, (path, r.status_code)
+        assert "import" not in r.text
 
 
 def test_open_routes_need_nothing(client):
@@ -169,7 +185,7 @@ def test_exact_filters_still_work(client):
 
 
 def test_responses_are_bounded(sqlite_url):
-    store = open_sql_store(sqlite_url)
+    store = open_sql_store(sqlite_url, create=True)
     start = datetime(2026, 12, 1, 8, 0, tzinfo=NY)
     for i in range(120):
         store.save(record(f"B{i:03d}", start + timedelta(minutes=i)))

@@ -155,13 +155,13 @@ def wait_outbound(r, outbound, n, timeout=60.0):
 
 
 def store(env):
-    from workers.store.sqlstore import open_sql_store
+    from workers.store import open_sql_store
 
-    return open_sql_store(env["RXGATE_DATABASE_URL"])
+    return open_sql_store(env["RXGATE_DATABASE_URL"], create=True)
 
 
 def audit_count(env) -> int:
-    from workers.store.sqlstore import MessageRow
+    from workers.store.schema import MessageRow
 
     st = store(env)
     with st.read_session() as s:
@@ -172,7 +172,7 @@ def audit_count(env) -> int:
 
 def audit_per_control_id(env) -> dict[str, int]:
     """Audit records per MSH-10: every message must have exactly one."""
-    from workers.store.sqlstore import MessageRow
+    from workers.store.schema import MessageRow
 
     st = store(env)
     with st.read_session() as s:

@@ -20,7 +20,7 @@ import pytest
 from tests.builders import adult_order_set, go_order
 from validator import load_protocol, process_text
 from workers.http.app import create_app
-from workers.store.sqlstore import open_sql_store
+from workers.store import open_sql_store
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def server(tmp_path):
     import uvicorn
 
     url = f"sqlite:///{tmp_path / 'audit.db'}"
-    store = open_sql_store(url)
+    store = open_sql_store(url, create=True)
     protocol = load_protocol()
     for i, text in enumerate([
         adult_order_set("B0001"),

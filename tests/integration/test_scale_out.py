@@ -109,14 +109,15 @@ def _send_wave(r, app, inbound: str, sends: list[tuple[str, str, str]]) -> list[
 def test_four_workers_same_patient_concurrent_doses(env, procs, pg_url):
     from workers.queue.celery_app import make_app
     from workers.settings import Settings
-    from workers.store.sqlstore import DeliveryRow, MessageKeyRow, MessageRow, open_sql_store
+    from workers.store import open_sql_store
+    from workers.store.schema import DeliveryRow, MessageKeyRow, MessageRow
 
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     # nothing is killed here: takeover windows as long as in production, so that no delivery is repeated by a
     # takeover of a consumer slowed down by a busy machine (the delivery counts below are exact)
     env.update(RXGATE_DATABASE_URL=pg_url, RXGATE_STREAM_BATCH="1", RXGATE_STREAM_BLOCK_MS="100",
                RXGATE_METRICS_DIR="off", RXGATE_CLAIM_IDLE="60", RXGATE_VISIBILITY_TIMEOUT="3600")
-    store = open_sql_store(pg_url)  # schema created once here, before the workers start
+    store = open_sql_store(pg_url, create=True)  # schema created once here, before the workers start
     inbound = names(env)[0]
     r = client(env)
     for _ in range(2):
@@ -178,11 +179,12 @@ def test_history_changed_while_judging_is_judged_again(pg_url):
     from validator.protocol import load_protocol_set
     from workers.bootstrap import is_transient
     from workers.settings import Settings
-    from workers.store.sqlstore import HistoryChanged, MessageRow, open_sql_store
+    from workers.store import HistoryChanged, open_sql_store
+    from workers.store.schema import MessageRow
 
     settings = Settings(timezone="America/New_York")
     protocol = load_protocol_set(settings.protocol, settings.protocol_field)
-    one, two = open_sql_store(pg_url), open_sql_store(pg_url)
+    one, two = open_sql_store(pg_url, create=True), open_sql_store(pg_url, create=True)
     read = one.orders_for
     raced = []
 

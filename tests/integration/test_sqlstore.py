@@ -1,20 +1,27 @@
-"""The SQL store (workers/store/sqlstore.py) on SQLite and on the machine's PostgreSQL."""
+"""The SQL store (workers/store/) on SQLite and on the machine's PostgreSQL."""
 
 from __future__ import annotations
 
+import logging
+import traceback
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
 
 from tests.builders import adult_order_set, cancel_message, go_dose_message, go_order
 from validator import InMemoryStore, load_protocol, process_text
 from validator.history import Cancellation, HistoryEntry, KeyTaken, MessageKey, ProcessedMessage
 from validator.model import Coded
-from workers.store.sqlstore import (
+from workers.cli import main
+from workers.http.app import create_app
+from workers.store import StoreMissing, StoreRefused, StoreUnavailable, make_engine, open_sql_store
+from workers.store.engine import _alembic_config
+from workers.store.schema import (
     Base,
     CancellationRow,
     ChainRow,
@@ -22,8 +29,6 @@ from workers.store.sqlstore import (
     HistoryRow,
     MessageKeyRow,
     MessageRow,
-    StoreUnavailable,
-    open_sql_store,
 )
 
 pytestmark = pytest.mark.integration
@@ -75,18 +80,19 @@ def cancel(placer: str, leaves: bool, *, namespace: str = "") -> Cancellation:
 
 def test_migration_from_empty_creates_every_table_and_is_idempotent(empty_db_url):
     db_url = empty_db_url
-    first = open_sql_store(db_url)
+    first = open_sql_store(db_url, create=True)
     try:
         assert TABLES <= set(inspect(first.engine).get_table_names())
         with first.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+            head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head
             # the migration builds exactly the models' schema
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
             assert diff == []
         process(adult_order_set("M0001"), first)
     finally:
         first.dispose()
-    again = open_sql_store(db_url)  # second upgrade: nothing to do, data kept
+    again = open_sql_store(db_url, create=True)  # second upgrade: nothing to do, data kept
     try:
         with again.engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
@@ -97,14 +103,14 @@ def test_migration_from_empty_creates_every_table_and_is_idempotent(empty_db_url
 
 def test_sqlite_url_creates_parent_directories(tmp_path):
     path = tmp_path / "a" / "b" / "rxgate.db"
-    store = open_sql_store(f"sqlite:///{path}")
+    store = open_sql_store(f"sqlite:///{path}", create=True)
     store.dispose()
     assert path.exists()
 
 
 def test_unreachable_postgres_raises_a_clear_error_without_password():
     with pytest.raises(StoreUnavailable) as exc:
-        open_sql_store("postgresql://postgres:sekret@127.0.0.1:1/nowhere")
+        open_sql_store("postgresql://postgres:sekret@127.0.0.1:1/nowhere", create=True)
     message = str(exc.value)
     assert "cannot open database" in message and "127.0.0.1:1" in message
     assert "sekret" not in message
@@ -112,9 +118,9 @@ def test_unreachable_postgres_raises_a_clear_error_without_password():
 
 def test_bad_url_raises_store_unavailable():
     with pytest.raises(StoreUnavailable):
-        open_sql_store("not a url")
+        open_sql_store("not a url", create=True)
     with pytest.raises(StoreUnavailable, match="unsupported database"):
-        open_sql_store("mysql://x@localhost/db")
+        open_sql_store("mysql://x@localhost/db", create=True)
 
 
 # --- round trip through the service -------------------------------------------------------------
@@ -244,3 +250,56 @@ def test_record_delivery_of_unknown_key_is_ignored(store):
     store.record_delivery(MessageKey(sending_application="A", sending_facility="F", control_id="none",
                                      content_sha256="0" * 64), WHEN)
     assert count(store, DeliveryRow) == 0
+
+
+# --- a database error carries no patient data (workers/store/errors.py) --------------------------
+
+PRIVATE_MRN = "ZQMRN9191"
+
+
+def refuse_patient(store, mrn: str) -> None:
+    """Make the database refuse the audit row of this patient, as a real constraint would."""
+    with store.engine.begin() as conn:
+        if store.dialect == "sqlite":
+            conn.exec_driver_sql(f"CREATE TRIGGER refuse_patient BEFORE INSERT ON messages "
+                                 f"WHEN NEW.patient_id = '{mrn}' BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        else:  # PostgreSQL's DETAIL would quote the whole row: "Failing row contains (..., ZQMRN9191, ...)"
+            conn.exec_driver_sql(f"ALTER TABLE messages ADD CONSTRAINT refuse_patient CHECK (patient_id <> '{mrn}')")
+
+
+def test_a_refused_insert_says_so_without_the_patients_data(store, caplog):
+    refuse_patient(store, PRIVATE_MRN)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(StoreRefused) as exc:
+        process(adult_order_set("PRIV91", mrn=PRIVATE_MRN), store)
+    error = exc.value
+    texts = [str(error), repr(error), "".join(traceback.format_exception(error)), caplog.text,
+             *(r.getMessage() for r in caplog.records)]
+    assert [t for t in texts if PRIVATE_MRN in t or "DOE" in t] == []
+    # the original (its parameters, the driver's DETAIL) is not kept to be printed by anyone
+    assert error.__cause__ is None and error.__context__ is None
+    assert "IntegrityError" in str(error) and "refused a statement" in str(error)
+    assert store.count() == 0  # and nothing of the batch was written
+    # another patient's message is still stored
+    assert process(adult_order_set("PRIV92"), store)[0].ack_code == "AA" and store.count() == 1
+
+
+# --- readers never create a database (docs/interfaces.md §5 "Access") ----------------------------
+
+
+def test_readers_refuse_an_empty_postgresql_database_and_leave_it_empty(empty_pg_url, capsys, monkeypatch):
+    pg_url = empty_pg_url
+    monkeypatch.delenv("RXGATE_DATABASE_URL", raising=False)
+    with pytest.raises(StoreMissing, match=r"no rxgate audit log at postgresql://.*\(no rxgate tables\)"):
+        open_sql_store(pg_url, create=False)
+    for argv in (["audit", "verify"], ["audit"], ["audit", "head"]):
+        assert main([*argv, "--db", pg_url]) == 2
+        err = capsys.readouterr().err
+        assert "no rxgate audit log at" in err and "(no rxgate tables)" in err and "Traceback" not in err
+    with pytest.raises(StoreMissing):
+        create_app(pg_url, "0" * 64)
+    engine = make_engine(pg_url, create=False)
+    try:
+        assert inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()

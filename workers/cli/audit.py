@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from workers.cli.usage import UsageError
 from workers.settings import Settings
+from workers.store import FilterError, SqlStore, StoreMissing, iter_messages, open_sql_store, parse_filter, verify_chain
 
 CSV_COLUMNS = ["id", "received_at", "answered_at", "sender", "control_id", "message_type", "patient_id",
                "outcome", "rules", "protocol_id", "protocol_version"]
@@ -53,19 +54,19 @@ def _settings() -> Settings:
         raise UsageError("; ".join(e["msg"] for e in exc.errors())) from None
 
 
-def _open(args: argparse.Namespace, settings: Settings):
-    from workers.store.sqlstore import open_sql_store
-
+def _open(args: argparse.Namespace, settings: Settings) -> SqlStore:
+    """The audit log to read; never created (docs/interfaces.md §5 "Access"): a wrong URL must not
+    verify as an empty, intact log."""
     url = args.db or settings.database_url or "sqlite:///var/rxgate.db"
     try:
-        return open_sql_store(url)
+        return open_sql_store(url, create=False)
+    except StoreMissing as exc:
+        raise UsageError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - an unreachable or bad database is said plainly, exit 2
         raise UsageError(f"--db: {exc}") from None
 
 
 def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    from workers.store.audit import FilterError, iter_messages, parse_filter, verify_chain
-
     out = out or sys.stdout
     settings = _settings()
     filters = {k: getattr(args, k) for k in ("patient", "since", "until", "outcome", "rule", "control_id")}

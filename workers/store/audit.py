@@ -1,4 +1,4 @@
-"""Auditors' queries over the SQL audit log, and verification of its hash chain (contract §4).
+"""Auditors' queries over the SQL audit log: filters, the list, one record's detail, daily stats (docs/interfaces.md §4).
 
 Used by `rxgate audit` (workers/cli/audit.py) and the HTTP API (workers/http/app.py), so both
 apply the same filters the same way:
@@ -8,6 +8,8 @@ apply the same filters the same way:
 - outcome: the message's ack code AA, AE or AR;
 - rule: messages with at least one finding of that rule id (any severity);
 - control_id: the input's MSH-10.
+
+Verification of the hash chain is in workers/store/chain.py (`verify_chain`).
 """
 
 from __future__ import annotations
@@ -15,27 +17,18 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select
 
-from workers.store.sqlstore import (
-    GENESIS_HASH,
-    ChainRow,
-    FindingRow,
-    MessageRow,
-    ResponseRow,
-    SqlStore,
-    VerdictRow,
-    _decode_raw,
-    chain_hash,
-    record_content,
-)
+from workers.store.errors import database_errors
+from workers.store.schema import RULE_ID_LEN, ChainRow, FindingRow, MessageRow, ResponseRow, VerdictRow, decode_raw
+from workers.store.sqlstore import SqlStore
 
 OUTCOMES = ("AA", "AE", "AR")
-_RULE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+_RULE_RE = re.compile(rf"^[A-Za-z0-9_.\-]{{1,{RULE_ID_LEN}}}$")
 MAX_LIMIT = 1000
 
 
@@ -136,6 +129,7 @@ def _summary(m: MessageRow, v: VerdictRow | None, findings: list[FindingRow], tz
     }
 
 
+@database_errors
 def query_messages(
     store: SqlStore, flt: AuditFilter, tz: tzinfo, limit: int | None = None, offset: int = 0
 ) -> tuple[int, list[dict[str, Any]]]:
@@ -172,6 +166,7 @@ def iter_messages(store: SqlStore, flt: AuditFilter, tz: tzinfo, batch: int = 50
         offset += batch
 
 
+@database_errors
 def get_message(store: SqlStore, message_id: int, tz: tzinfo) -> dict[str, Any] | None:
     """One record in full: summary, findings, raw message, response, computed values, chain link."""
     with store.read_session() as s:
@@ -193,7 +188,7 @@ def get_message(store: SqlStore, message_id: int, tz: tzinfo) -> dict[str, Any] 
                 "sending_facility": m.sending_facility,
                 "patient_key": m.patient_key,
                 "content_sha256": m.content_sha256,
-                "raw_message": _decode_raw(m.raw_message),
+                "raw_message": decode_raw(m.raw_message),
                 "response": r.response if r else None,
                 "computed": json.loads(v.computed) if v else {},
                 "orders": result.get("orders", []),
@@ -203,6 +198,7 @@ def get_message(store: SqlStore, message_id: int, tz: tzinfo) -> dict[str, Any] 
         return detail
 
 
+@database_errors
 def stats(store: SqlStore, flt: AuditFilter, tz: tzinfo) -> list[dict[str, Any]]:
     """Per local day: message count, counts by outcome, counts of messages by rule (error/warning)."""
     conds = _conditions(flt, tz)
@@ -244,94 +240,3 @@ def stats(store: SqlStore, flt: AuditFilter, tz: tzinfo) -> list[dict[str, Any]]
 def _chunks(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]
-
-
-# ---------------------------------------------------------------------------------------------
-# chain verification
-
-
-@dataclass
-class Verification:
-    intact: bool
-    checked: int = 0
-    first_bad_seq: int | None = None
-    reason: str = ""
-    head_seq: int | None = None
-    head_hash: str | None = None
-    problems: list[str] = field(default_factory=list)
-
-    def describe(self) -> str:
-        if self.intact:
-            if not self.checked:
-                return "audit chain intact: the log is empty"
-            return f"audit chain intact: {self.checked} records, head seq {self.head_seq} hash {self.head_hash}"
-        return f"audit chain BROKEN at sequence number {self.first_bad_seq}: {self.reason}"
-
-
-def verify_chain(store: SqlStore, anchor: tuple[int, str] | None = None, batch: int = 500) -> Verification:
-    """Recompute every record's hash from its rows and the previous hash; stop at the first bad one.
-
-    Detected: an edited audited column (content hash differs), a removed record (sequence gap or a
-    previous-hash link that no longer matches), an inserted record (a link or hash that does not match,
-    or a message row without a chain entry). Cutting off the newest records leaves a valid shorter chain:
-    only a comparison with an anchor recorded elsewhere (`rxgate audit head`) reveals it; pass it as
-    `anchor=(seq, hash)`.
-    """
-    prev_hash = GENESIS_HASH
-    expected = 1
-    checked = 0
-    with store.read_session() as s:
-        last_seq = 0
-        while True:
-            chain = list(
-                s.execute(select(ChainRow).where(ChainRow.seq > last_seq).order_by(ChainRow.seq).limit(batch)).scalars()
-            )
-            if not chain:
-                break
-            lo, hi = chain[0].seq, chain[-1].seq
-            messages = {m.id: m for m in s.execute(
-                select(MessageRow).where(MessageRow.id >= lo, MessageRow.id <= hi)).scalars()}
-            verdicts = {v.message_id: v for v in s.execute(
-                select(VerdictRow).where(VerdictRow.message_id >= lo, VerdictRow.message_id <= hi)).scalars()}
-            responses = {r.message_id: r for r in s.execute(
-                select(ResponseRow).where(ResponseRow.message_id >= lo, ResponseRow.message_id <= hi)).scalars()}
-            findings: dict[int, list[FindingRow]] = defaultdict(list)
-            for f in s.execute(select(FindingRow).where(FindingRow.message_id >= lo, FindingRow.message_id <= hi)):
-                findings[f[0].message_id].append(f[0])
-            for row in chain:
-                if row.seq != expected:
-                    return _broken(checked, expected, f"record {expected} is missing (the next record is {row.seq})")
-                if row.prev_hash != prev_hash:
-                    return _broken(checked, row.seq, "its link to the previous record does not match "
-                                                     "(a record before it was removed, inserted or rewritten)")
-                message = messages.get(row.seq)
-                if message is None:
-                    return _broken(checked, row.seq, "its message row was removed")
-                content = record_content(message, verdicts.get(row.seq), responses.get(row.seq), findings[row.seq])
-                if chain_hash(content, row.seq, prev_hash) != row.hash:
-                    return _broken(checked, row.seq, "its content was altered (message, verdict, findings or "
-                                                     "response differ from what was recorded)")
-                prev_hash = row.hash
-                expected += 1
-                checked += 1
-            last_seq = hi
-        orphan = s.execute(
-            select(func.min(MessageRow.id)).where(~exists().where(ChainRow.seq == MessageRow.id))
-        ).scalar_one_or_none()
-        if orphan is not None:
-            return _broken(checked, orphan, "a message row without a chain entry was inserted")
-    head_seq = expected - 1 if checked else None
-    result = Verification(True, checked=checked, head_seq=head_seq, head_hash=prev_hash if checked else None)
-    if anchor is not None:
-        a_seq, a_hash = anchor
-        if head_seq is None or a_seq > head_seq:
-            return _broken(checked, a_seq, f"the anchored record {a_seq} is gone: the newest records were cut off")
-        with store.read_session() as s:
-            stored = s.get(ChainRow, a_seq)
-        if stored is None or stored.hash != a_hash:
-            return _broken(checked, a_seq, "its hash differs from the anchor: the chain was rewritten")
-    return result
-
-
-def _broken(checked: int, seq: int, reason: str) -> Verification:
-    return Verification(False, checked=checked, first_bad_seq=seq, reason=reason)

@@ -1,17 +1,17 @@
-"""Alembic environment, run programmatically by `workers.store.sqlstore.migrate` (no alembic.ini needed).
+"""Alembic environment, run programmatically by `workers.store.engine.migrate` (no alembic.ini needed).
 
 The caller passes an open connection in `config.attributes["connection"]`; the migration runs in
-its transaction. To run by hand: `python -c "from workers.store.sqlstore import open_sql_store as o; o(URL)"`.
+its transaction. To run by hand: `python -c "from workers.store import open_sql_store as o; o(URL, create=True)"`.
 """
 
 from alembic import context
 
-from workers.store.sqlstore import Base
+from workers.store.schema import Base
 
 config = context.config
 connection = config.attributes.get("connection")
-if connection is None:  # pragma: no cover - only via workers.store.sqlstore.migrate
-    raise RuntimeError("run migrations through workers.store.sqlstore.migrate(engine)")
+if connection is None:  # pragma: no cover - only via workers.store.engine.migrate
+    raise RuntimeError("run migrations through workers.store.engine.migrate(engine)")
 
 context.configure(
     connection=connection,

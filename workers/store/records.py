@@ -1,0 +1,149 @@
+"""The rows of one audit record, built from a `ProcessedMessage` before they are inserted.
+
+The writer (`SqlStore.save_all`) inserts these column values as they are, and hashes exactly what
+they will read back as (`record_content` over the same values), so verification, which rebuilds
+the content from the stored rows, finds the same hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+from validator.er7 import normalise
+from validator.history import ProcessedMessage
+from workers.store.chain import canonical_json, chain_hash, json_default, record_content
+from workers.store.schema import clean_text, encode_raw
+
+
+class RecordRows:
+    """The rows of audit record number `seq` (column values), its chain row linked to `prev_hash`."""
+
+    def __init__(self, seq: int, prev_hash: str, processed: ProcessedMessage) -> None:
+        self.seq = seq
+        self.processed = processed
+        result = json.loads(canonical_json(processed.result))
+        self.message = message_row(seq, processed, result)
+        self.verdict = dict(
+            message_id=seq,
+            ack_code=clean_text(processed.ack_code),
+            protocol_id=clean_text(processed.protocol_id) or "",
+            protocol_version=clean_text(processed.protocol_version) or "",
+            computed=canonical_json(processed.computed),
+            result=canonical_json(result),
+        )
+        self.response = dict(message_id=seq, response=clean_text(processed.response))
+        self.findings = finding_rows(seq, result)
+        # the writer hashes exactly what the rows will read back (verification rebuilds it from them)
+        content = record_content(SimpleNamespace(**self.message), SimpleNamespace(**self.verdict),
+                                 SimpleNamespace(**self.response), [SimpleNamespace(id=None, **f) for f in self.findings])
+        self.hash = chain_hash(content, seq, prev_hash)
+        self.chain = dict(seq=seq, prev_hash=prev_hash, hash=self.hash)
+        self.key = message_key_row(seq, processed)
+        self.history = history_rows(seq, processed)
+
+
+def message_row(seq: int, processed: ProcessedMessage, result: dict[str, Any]) -> dict[str, Any]:
+    key = processed.key
+    return dict(
+        id=seq,
+        received_at=_as_utc(processed.received_at),
+        answered_at=_as_utc(processed.answered_at),
+        sender=clean_text(processed.sender) or "",
+        sending_application=clean_text(key.sending_application) if key else
+        clean_text(processed.sender.split("^")[0]) if processed.sender else "",
+        sending_facility=clean_text(key.sending_facility) if key else
+        clean_text(processed.sender.split("^", 1)[1]) if "^" in processed.sender else "",
+        control_id=clean_text(processed.control_id),
+        message_type=clean_text(result.get("message_type")),
+        patient_id=clean_text(result.get("patient_id")) or _patient_id(processed.patient_key),
+        patient_key=clean_text(processed.patient_key) or "",
+        content_sha256=key.content_sha256 if key else _sha256_normalised(processed.raw_message),
+        raw_message=encode_raw(processed.raw_message),
+    )
+
+
+def message_key_row(seq: int, processed: ProcessedMessage) -> dict[str, Any] | None:
+    """The `message_keys` row (docs/interfaces.md §3), or None for a message without a key."""
+    key = processed.key
+    if key is None:
+        return None
+    return dict(
+        sending_application=clean_text(key.sending_application),
+        sending_facility=clean_text(key.sending_facility),
+        control_id=clean_text(key.control_id),
+        content_sha256=key.content_sha256,
+        message_id=seq,
+        # key order kept: a redelivery's JSON reads like the first answer
+        result=json.dumps(processed.result, ensure_ascii=False, default=json_default),
+    )
+
+
+def history_rows(seq: int, processed: ProcessedMessage) -> list[dict[str, Any]]:
+    """The `course_history` rows of the orders this message added to the patient's course."""
+    return [
+        dict(
+            patient_key=clean_text(entry.patient_key),
+            sender=clean_text(entry.sender),
+            placer_number=clean_text(entry.placer_number),
+            placer_namespace=clean_text(entry.placer_namespace) or "",
+            control_id=clean_text(entry.control_id),
+            drug_code=clean_text(entry.drug.code),
+            drug_text=clean_text(entry.drug.text),
+            protocol_order=entry.protocol_order,
+            start=entry.start,
+            entry=entry.model_dump_json(),
+            message_id=seq,
+            cancelled_by=None,
+            cancelled_at=None,
+        )
+        for entry in processed.new_orders
+    ]
+
+
+def _finding_row(seq: int, position: int, order_index: int | None, placer_number: str | None,
+                 finding: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        message_id=seq,
+        position=position,
+        order_index=order_index,
+        placer_number=clean_text(placer_number),
+        rule=clean_text(str(finding.get("rule") or "")),
+        severity=clean_text(str(finding.get("severity") or "")),
+        location=clean_text(finding.get("location")),
+        message=clean_text(str(finding.get("message") or "")),
+    )
+
+
+def finding_rows(seq: int, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `findings` rows (column values) of one record."""
+    orders = result.get("orders") or []
+    rows = []
+    listed = result.get("findings") or []
+    for position, f in enumerate(listed):
+        order_index = next((i for i, o in enumerate(orders) if f in (o.get("findings") or [])), None)
+        placer = orders[order_index].get("placer_order_number") if order_index is not None else None
+        rows.append(_finding_row(seq, position, order_index, placer, f))
+    # order findings that the message-level list does not repeat (it should hold them all)
+    for i, order in enumerate(orders):
+        for f in order.get("findings") or []:
+            if f not in listed:
+                rows.append(_finding_row(seq, len(rows), i, order.get("placer_order_number"), f))
+    return rows
+
+
+def _as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _patient_id(patient_key: str) -> str | None:
+    return clean_text(patient_key.split("^", 1)[0]) if patient_key else None
+
+
+def _sha256_normalised(raw: str) -> str:
+    return hashlib.sha256(normalise(raw).encode("utf-8", "surrogatepass")).hexdigest()

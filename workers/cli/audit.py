@@ -14,13 +14,15 @@ import argparse
 import csv
 import json
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from pydantic import ValidationError
 
 from workers.cli.usage import UsageError
 from workers.settings import Settings
-from workers.store import FilterError, SqlStore, StoreMissing, iter_messages, open_sql_store, parse_filter, verify_chain
+
+if TYPE_CHECKING:
+    from workers.store import SqlStore
 
 CSV_COLUMNS = ["id", "received_at", "answered_at", "sender", "control_id", "message_type", "patient_id",
                "outcome", "rules", "protocol_id", "protocol_version"]
@@ -57,6 +59,8 @@ def _settings() -> Settings:
 def _open(args: argparse.Namespace, settings: Settings) -> SqlStore:
     """The audit log to read; never created (docs/interfaces.md §5 "Access"): a wrong URL must not
     verify as an empty, intact log."""
+    from workers.store import StoreMissing, open_sql_store
+
     url = args.db or settings.database_url or "sqlite:///var/rxgate.db"
     try:
         return open_sql_store(url, create=False)
@@ -67,6 +71,10 @@ def _open(args: argparse.Namespace, settings: Settings) -> SqlStore:
 
 
 def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    # the store (SQLAlchemy: half a second of imports) is imported by the command that uses it, not by
+    # every `rxgate` start (the CLI imports every command module to list it)
+    from workers.store import FilterError, iter_messages, parse_filter, verify_chain
+
     out = out or sys.stdout
     settings = _settings()
     filters = {k: getattr(args, k) for k in ("patient", "since", "until", "outcome", "rule", "control_id")}

@@ -16,7 +16,6 @@ from validator.protocol import ProtocolSet, load_protocol_set
 from validator.reader import DEFAULT_LIMITS, Limits
 from workers.cli.usage import UsageError
 from workers.settings import Settings
-from workers.store import open_sql_store
 
 
 def register(sub) -> None:
@@ -50,6 +49,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def open_store(url: str) -> Store:
     """The SQL store at URL, for --db (created when new: `check` keeps a history across runs)."""
+    from workers.store import open_sql_store  # here: `check` without --db needs no SQLAlchemy
+
     try:
         return open_sql_store(url, create=True)
     except Exception as exc:  # a bad URL or an unreachable database is a usage problem, said plainly

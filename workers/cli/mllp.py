@@ -8,11 +8,7 @@ import logging
 import signal
 import sys
 
-from workers import metrics
 from workers.cli.usage import UsageError
-from workers.queue import sentinel
-from workers.queue.embedded import resolve_broker_url
-from workers.queue.mllp import MllpServer
 from workers.settings import Settings
 
 log = logging.getLogger("rxgate.mllp")
@@ -28,6 +24,11 @@ def register(sub) -> None:
 
 
 def cmd_mllp(args: argparse.Namespace) -> int:
+    # the listener's modules (asyncio, redis) are imported when it runs, not at every `rxgate` start
+    from workers import metrics
+    from workers.queue import sentinel
+    from workers.queue.embedded import resolve_broker_url
+
     try:
         settings = Settings()
     except Exception as exc:  # noqa: BLE001
@@ -46,6 +47,8 @@ def cmd_mllp(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: Settings, url: str, host: str, port: int, timeout: float) -> int:
+    from workers.queue.mllp import MllpServer
+
     server = MllpServer(settings, url, host, port, timeout)
     try:
         bound = await server.start()

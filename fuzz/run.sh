@@ -1,6 +1,6 @@
 #!/bin/sh
 # `make fuzz`: the atheris targets for FUZZ_SECONDS each (when atheris installs), then the hypothesis
-# harness with RXGATE_FUZZ_SCALE (default 20: ~40 000 examples). Corpus and crashes under var/fuzz/ (not versioned).
+# harness with RXGATE_FUZZ_SCALE (default 20: ~25 000 examples). Corpus and crashes under var/fuzz/ (not versioned).
 set -u
 PY=${PY:-.venv/bin/python}
 SECONDS_EACH=${FUZZ_SECONDS:-120}

@@ -15,6 +15,21 @@ import pytest
 
 from tests.paths import ROOT, SHARED
 
+def pytest_configure(config) -> None:
+    """Hypothesis keeps its example database and its Unicode tables in ./.hypothesis: here, under a tmp dir
+    (set before any test module builds a strategy at import)."""
+    import tempfile
+
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    config.rxgate_hypothesis_home = tempfile.mkdtemp(prefix="rxgate-hypothesis-")
+    set_hypothesis_home_dir(config.rxgate_hypothesis_home)
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(getattr(config, "rxgate_hypothesis_home", ""), ignore_errors=True)
+
+
 # What pytest, Python and pip write into the repository by themselves (all in .gitignore).
 TOOLING = ("__pycache__", ".pytest_cache", ".venv", ".egg-info", ".ruff_cache")
 

@@ -16,7 +16,7 @@ from validator import InMemoryStore, load_protocol, process_text
 PROTOCOL = load_protocol()
 BASE = adult_order_set("P0001")
 SEGMENTS = BASE.rstrip("\r").split("\r")
-SETTINGS = examples(100)  # x RXGATE_FUZZ_SCALE under make fuzz (tests/budget.py)
+SETTINGS = examples(50)  # x RXGATE_FUZZ_SCALE under make fuzz (tests/budget.py)
 
 
 def answer(text: str):

@@ -15,6 +15,7 @@ import pytest
 
 from tests.paths import ROOT, SHARED
 
+
 def pytest_configure(config) -> None:
     """Hypothesis keeps its example database and its Unicode tables in ./.hypothesis: here, under a tmp dir
     (set before any test module builds a strategy at import)."""

@@ -92,6 +92,12 @@ MESSAGE_RULES = {
     "hl7.duplicate_control_id": "The message as a whole is rejected (AR) with a table 0357 code: 100/101/102 "
                                 "structure, 200/201/203 unsupported type/event/version, 207 otherwise.",
     "rxgate.internal_error": "An internal error while judging: AR 207, logged with the control id; never silence.",
+    "rxgate.timeout": "MLLP: no verdict within RXGATE_MLLP_TIMEOUT: AR 207 on that connection only (not stored, "
+                      "published or audited); the message stays queued and a resend with the same control id gets "
+                      "its verdict.",
+    "service.not_processed": "Not processed after its retries (or not taken by the broker): AR 207 \"not processed, "
+                             "resend\", kept on the dead-letter stream, not audited and not stored under the message "
+                             "key, so a resend is processed afresh.",
 }
 
 

@@ -103,6 +103,22 @@ DEAD_LETTERS = Counter(
 MLLP_REJECTIONS = Counter(
     "rxgate_mllp_rejections", "AR answers the MLLP listener gave itself, by reason (timeout, not_hl7, not_queued)",
     ["reason"])
+MLLP_COMMIT_ACKS = Counter(
+    "rxgate_mllp_commit_acks", "Enhanced mode: commit decisions by MSA-1 (CA queued, CE not queued, CR refused) and "
+    "whether MSH-15 let the commit ACK be sent", ["code", "sent"])
+MLLP_PEER_ACKS = Counter(
+    "rxgate_mllp_peer_acks", "Commit ACKs (MSA-1 CA/CE/CR) that peers sent to the listener: consumed, never answered",
+    ["code"])
+MLLP_RESENDS_JOINED = Counter(
+    "rxgate_mllp_resends_joined", "Messages that were already queued (the same message key in flight): they waited "
+    "for that entry's verdict instead of being queued again")
+MLLP_REPLIES = Counter(
+    "rxgate_mllp_replies", "Enhanced-mode application responses sent to reply addresses, by outcome: delivered, "
+    "retried (one failed attempt), refused (the peer answered CR/AR), given_up (RXGATE_MLLP_REPLY_BUDGET spent)",
+    ["outcome"])
+MLLP_TLS_FAILURES = Counter(
+    "rxgate_mllp_tls_handshake_failures", "Connections to the TLS listener whose handshake failed (no or an "
+    "untrusted client certificate, plain MLLP on the TLS port, ...)")
 
 
 def _safe(fn):
@@ -149,6 +165,31 @@ def dead_letter(source: str) -> None:
 @_safe
 def mllp_rejection(reason: str) -> None:
     MLLP_REJECTIONS.labels(reason=reason).inc()
+
+
+@_safe
+def mllp_commit(code: str, sent: bool) -> None:
+    MLLP_COMMIT_ACKS.labels(code=code, sent="true" if sent else "false").inc()
+
+
+@_safe
+def mllp_peer_ack(code: str) -> None:
+    MLLP_PEER_ACKS.labels(code=code).inc()
+
+
+@_safe
+def mllp_resend_joined() -> None:
+    MLLP_RESENDS_JOINED.inc()
+
+
+@_safe
+def mllp_reply(outcome: str) -> None:
+    MLLP_REPLIES.labels(outcome=outcome).inc()
+
+
+@_safe
+def mllp_tls_failure() -> None:
+    MLLP_TLS_FAILURES.inc()
 
 
 def reset_multiproc_dir() -> int:

@@ -74,18 +74,23 @@ METHYLPRED = "6902^methylprednisolone^RXNORM"
 HYDROXYUREA = "5552^hydroxyurea^RXNORM"
 
 
-def standard_observations(*, height: str = "165", weight: str = "62", wbc: str = "8.4", cd33: str = "72",
-                          body_time: str = "20261130090000", lab_time: str = "20261130060000",
-                          cd33_time: str = "20261115120000") -> list[str]:
+def standard_observation_params(*, height: str = "165", weight: str = "62", wbc: str = "8.4", cd33: str = "72",
+                                body_time: str = "20261130090000", lab_time: str = "20261130060000",
+                                cd33_time: str = "20261115120000") -> list[dict]:
+    """The `obx(...)` arguments of `standard_observations` (tests/fhir_builders.py builds the same as FHIR)."""
     return [
-        obx(1, HEIGHT, height, "cm^centimeter^UCUM", time=body_time),
-        obx(2, WEIGHT, weight, "kg^kilogram^UCUM", time=body_time),
-        obx(3, WBC, wbc, "10*9/L^10*9/L^UCUM", time=lab_time, ref_range="4.0-11.0", flags="N"),
-        obx(4, CD33, cd33, "%^percent^UCUM", time=cd33_time),
-        obx(5, BILI, "0.8", "mg/dL^mg/dL^UCUM", time=lab_time, ref_range="0.2-1.2", flags="N"),
-        obx(6, AST, "28", "U/L^U/L^UCUM", time=lab_time, ref_range="10-40", flags="N"),
-        obx(7, ALT, "31", "U/L^U/L^UCUM", time=lab_time, ref_range="7-56", flags="N"),
+        dict(set_id=1, code=HEIGHT, value=height, units="cm^centimeter^UCUM", time=body_time),
+        dict(set_id=2, code=WEIGHT, value=weight, units="kg^kilogram^UCUM", time=body_time),
+        dict(set_id=3, code=WBC, value=wbc, units="10*9/L^10*9/L^UCUM", time=lab_time, ref_range="4.0-11.0", flags="N"),
+        dict(set_id=4, code=CD33, value=cd33, units="%^percent^UCUM", time=cd33_time),
+        dict(set_id=5, code=BILI, value="0.8", units="mg/dL^mg/dL^UCUM", time=lab_time, ref_range="0.2-1.2", flags="N"),
+        dict(set_id=6, code=AST, value="28", units="U/L^U/L^UCUM", time=lab_time, ref_range="10-40", flags="N"),
+        dict(set_id=7, code=ALT, value="31", units="U/L^U/L^UCUM", time=lab_time, ref_range="7-56", flags="N"),
     ]
+
+
+def standard_observations(**params: str) -> list[str]:
+    return [obx(**kw) for kw in standard_observation_params(**params)]
 
 
 def go_order(placer: str = "ORD1001", *, dose: str = "15.2", units: str = "mg^milligram^UCUM",
@@ -109,14 +114,21 @@ def premed_order(placer: str, drug: str, dose: str, *, route: str = "PO^Oral^HL7
             rxr(route)]
 
 
-def standard_premeds(*, acetaminophen: str = "650", diphenhydramine: str = "50", methylprednisolone: str = "62",
-                     first_start: str = "20261201090000", steroid_start: str = "20261201094000",
-                     placers: tuple[str, str, str] = ("ORD1002", "ORD1003", "ORD1004")) -> list[str]:
-    return (
-        premed_order(placers[0], ACETAMINOPHEN, acetaminophen, route="PO^Oral^HL70162", start=first_start)
-        + premed_order(placers[1], DIPHENHYDRAMINE, diphenhydramine, route="IV^Intravenous^HL70162", start=first_start)
-        + premed_order(placers[2], METHYLPRED, methylprednisolone, route="IV^Intravenous^HL70162", start=steroid_start)
-    )
+def standard_premed_params(*, acetaminophen: str = "650", diphenhydramine: str = "50", methylprednisolone: str = "62",
+                           first_start: str = "20261201090000", steroid_start: str = "20261201094000",
+                           placers: tuple[str, str, str] = ("ORD1002", "ORD1003", "ORD1004")) -> list[dict]:
+    """The `premed_order(...)` arguments of `standard_premeds` (tests/fhir_builders.py builds the same as FHIR)."""
+    return [
+        dict(placer=placers[0], drug=ACETAMINOPHEN, dose=acetaminophen, route="PO^Oral^HL70162", start=first_start),
+        dict(placer=placers[1], drug=DIPHENHYDRAMINE, dose=diphenhydramine, route="IV^Intravenous^HL70162",
+             start=first_start),
+        dict(placer=placers[2], drug=METHYLPRED, dose=methylprednisolone, route="IV^Intravenous^HL70162",
+             start=steroid_start),
+    ]
+
+
+def standard_premeds(**params) -> list[str]:
+    return [seg for kw in standard_premed_params(**params) for seg in premed_order(**kw)]
 
 
 def message(*segments: str | list[str]) -> str:

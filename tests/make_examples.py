@@ -24,6 +24,7 @@ from tests.builders import (
     premed_order,
     pv1,
     standard_observations,
+    standard_premed_params,
     standard_premeds,
 )
 from tests.paths import ROOT
@@ -116,12 +117,25 @@ EXAMPLES["rejected-version-2.2.hl7"] = (unsupported_version(), "AR", "hl7.versio
 _unused = (CD33, HEIGHT, METHYLPRED, WEIGHT, BILI, AST, ALT, premed_order)
 
 
+def cds_refused_dose() -> dict:
+    """examples/cds/order-sign-refused-dose.json: refused-dose.hl7 as a CDS Hooks order-sign request."""
+    from tests import fhir_builders as fb
+
+    fb.reset_ids()
+    drafts = [fb.go_request(dose="18.5"), *(fb.premed_request(**kw) for kw in standard_premed_params(methylprednisolone="70"))]
+    return fb.order_sign(drafts, patient_resource=fb.patient("EXMRN101", "19600315"),
+                         observation_resources=fb.observations(height="170", weight="70", wbc="12", cd33="85"),
+                         medication_resources=[], hook_instance="6f1c2a0e-0d3b-4c55-9a53-2f0f7b8e5d01")
+
+
 def main() -> None:
     expected = {}
     for name, (text, ack, rule) in EXAMPLES.items():
         (OUT / name).write_bytes(text.encode())
         expected[name] = {"ack_code": ack, "rule": rule}
     (OUT / "expected.json").write_text(json.dumps(expected, indent=2) + "\n")
+    (OUT / "cds").mkdir(exist_ok=True)
+    (OUT / "cds" / "order-sign-refused-dose.json").write_text(json.dumps(cds_refused_dose(), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -214,7 +214,7 @@ def _charset_hint(text: str) -> str:
 def normalise(text: str) -> str:
     """Separators to \\r, MLLP bytes and a BOM removed, trailing whitespace stripped.
 
-    This is the text the message key hashes (contract §3).
+    This is the text the message key hashes (docs/interfaces.md §3).
     """
     for b in MLLP_BYTES:
         text = text.replace(b, "")
@@ -226,7 +226,7 @@ def normalise(text: str) -> str:
 @dataclass
 class Split:
     messages: list[RawMessage]
-    junk_before_first: bool  # non-blank bytes before the first MSH (contract §1)
+    junk_before_first: bool  # non-blank bytes before the first MSH (docs/interfaces.md §1)
     no_msh: bool
 
 

@@ -28,14 +28,26 @@ class Coded(_Model):
 
 
 class Location(_Model):
-    """Where a value sits: segment name, its occurrence in the message, field number."""
+    """Where a value sits: segment name, its occurrence in the message, field number.
+
+    An order set read from FHIR (validator/fhir.py) keeps the same coordinates, which the rules
+    compute with (`model_copy(update={"field": 14})` is "the time of this observation"), and adds
+    the resource (`Observation/abc`) and its element for each segment field (`OBX-14` ->
+    `effectiveDateTime`), so that the location shown is a FHIR path (`Observation/abc.effectiveDateTime`).
+    HL7 locations leave both empty.
+    """
 
     segment: str
     occurrence: int = 1
     field: int = 0
+    resource: str = ""  # FHIR input: "MedicationRequest/abc"
+    elements: dict[str, str] | None = None  # FHIR input: "SEG-field" -> element path in that resource
 
     def short(self) -> str:
-        """`RXE-3`: the JSON finding's location."""
+        """`RXE-3` (HL7), or the FHIR path of the value: the JSON finding's location."""
+        if self.resource:
+            element = (self.elements or {}).get(f"{self.segment}-{self.field}", "")
+            return f"{self.resource}.{element}" if element else self.resource
         return f"{self.segment}-{self.field}" if self.field else self.segment
 
     def err2(self) -> str:

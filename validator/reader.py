@@ -351,18 +351,7 @@ def _read_observation(seg: Segment, order_index: int | None, tz: tzinfo) -> Obse
         if first is not None and separator in ("", "-", "+"):
             quantity = Quantity(value=first, unit=units, comparator=comparator)
     else:
-        text = seg.component(5, 1) if value_type in ("NM", "") else _leaf_text(seg, 5)
-        number = decimal_or_none(text)
-        if number is not None:
-            quantity = Quantity(value=number, unit=units)
-        else:
-            m = _TEXT_NUMBER.match(text)
-            if m:
-                quantity = Quantity(value=Decimal(m.group(2)), unit=units if not m.group(3) else Coded(code="%"), comparator=m.group(1) or "")
-            else:
-                m = _TEXT_RANGE.match(text)
-                if m:  # a range "30-40" counts as its lower value (docs/protocol.md)
-                    quantity = Quantity(value=Decimal(m.group(1)), unit=units if not (m.group(2) or m.group(4)) else Coded(code="%"))
+        quantity = text_quantity(seg.component(5, 1) if value_type in ("NM", "") else _leaf_text(seg, 5), units)
     return Observation(
         location=Location(segment="OBX", occurrence=seg.occurrence, field=5),
         set_id=seg.component(1),
@@ -377,6 +366,24 @@ def _read_observation(seg: Segment, order_index: int | None, tz: tzinfo) -> Obse
         observed_at=parse_datetime(seg.component(14), tz),
         order_index=order_index,
     )
+
+
+def text_quantity(text: str, units: Coded) -> Quantity | None:
+    """The number an observation value written as text holds: `8.4`, `>90%`, `85 %`, a range `30-40`.
+
+    Shared by the HL7 reader (OBX-5) and the FHIR reader (Observation.valueString), so a value means
+    the same whichever way it came.
+    """
+    number = decimal_or_none(text)
+    if number is not None:
+        return Quantity(value=number, unit=units)
+    m = _TEXT_NUMBER.match(text)
+    if m:
+        return Quantity(value=Decimal(m.group(2)), unit=units if not m.group(3) else Coded(code="%"), comparator=m.group(1) or "")
+    m = _TEXT_RANGE.match(text)
+    if m:  # a range "30-40" counts as its lower value (docs/protocol.md)
+        return Quantity(value=Decimal(m.group(1)), unit=units if not (m.group(2) or m.group(4)) else Coded(code="%"))
+    return None
 
 
 def _leaf_text(seg: Segment, n: int) -> str:

@@ -317,7 +317,7 @@ def metrics_response(queue: QueueCollector | None = None) -> tuple[bytes, str]:
 
 
 def mount_metrics(app) -> None:
-    """Add the open `GET /metrics` route to a FastAPI app (contract §4: /metrics needs no token)."""
+    """Add the open `GET /metrics` route to a FastAPI app (docs/interfaces.md §4: /metrics needs no token)."""
     from fastapi.responses import Response
 
     if any(getattr(r, "path", None) == "/metrics" for r in app.router.routes):

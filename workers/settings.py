@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     mllp_reply_tls_ca: str = ""  # PEM CA: replies go over TLS to peers presenting a certificate it signed
     mllp_reply_tls_cert: str = ""  # rxgate's client certificate for peers that require mutual TLS
     mllp_reply_tls_key: str = ""
+    # --- CDS Hooks order-sign (workers/http/cds.py, on the audit API's port) ---
+    cds_issuers: str = ""  # "issuer=jwks_url_or_key_file,...": the CDS clients trusted; empty: every call is 401
+    cds_base_url: str = ""  # the public base URL the JWT aud is checked against (behind a proxy); empty: as invoked
+    cds_fhir_timeout: float = 10.0  # seconds per request to a client's fhirServer (and to a JWKS URL)
     # --- metrics (workers/metrics.py) ---
     metrics_dir: str = ""  # prometheus multiprocess directory; empty: <var_dir>/metrics; "off": per-process only
     # --- broker failover: Redis Sentinel (workers/queue/celery_app.py, docs/scale-out.md) ---
@@ -90,6 +94,16 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r} (use an IANA name such as America/New_York)") from exc
+        return value
+
+    @field_validator("cds_issuers")
+    @classmethod
+    def _usable_issuers(cls, value: str) -> str:
+        if value.strip():
+            # a key file that cannot be read is a start-up error naming it (IssuerConfigError is a ValueError)
+            from workers.http.cds_auth import parse_issuers
+
+            parse_issuers(value)
         return value
 
     @cached_property

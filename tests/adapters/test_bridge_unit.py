@@ -1,4 +1,4 @@
-"""The stream bridge against fakeredis: contract §3 stream shapes, batching, dead letters, takeover."""
+"""The stream bridge against fakeredis: docs/interfaces.md §3 stream shapes, batching, dead letters, takeover."""
 
 from __future__ import annotations
 

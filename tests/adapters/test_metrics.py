@@ -190,7 +190,7 @@ def test_mount_metrics_adds_an_open_route(monkeypatch):
     metrics.mount_metrics(app)
     metrics.mount_metrics(app)  # idempotent
     assert sum(1 for r in app.router.routes if getattr(r, "path", "") == "/metrics") == 1
-    resp = TestClient(app).get("/metrics")  # no credentials: /metrics is open (contract §4)
+    resp = TestClient(app).get("/metrics")  # no credentials: /metrics is open (docs/interfaces.md §4)
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert "# TYPE rxgate_messages_total counter" in resp.text

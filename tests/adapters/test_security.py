@@ -20,7 +20,8 @@ from workers.http.app import create_app
 from workers.http.auth import SESSION_COOKIE
 from workers.store import open_sql_store
 
-OPEN = {"/health", "/metrics", "/login", "/logout"}  # logout only clears the cookie: it reveals nothing
+# logout only clears the cookie: it reveals nothing; CDS Hooks discovery is open (docs/interfaces.md §5 "HTTP")
+OPEN = {"/health", "/metrics", "/login", "/logout", "/cds-services"}
 
 
 @pytest.fixture

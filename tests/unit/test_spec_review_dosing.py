@@ -1,4 +1,5 @@
-"""Spec review (docs/protocol.md, dosing rules and engine): one test per spec sentence found diverging."""
+"""Spec review (docs/protocol.md, "Checks on each GO order", "How values are chosen"): one test per spec sentence found
+diverging."""
 
 from __future__ import annotations
 

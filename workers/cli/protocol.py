@@ -91,7 +91,12 @@ MESSAGE_RULES = {
     "hl7.structure / hl7.message_type / hl7.trigger_event / hl7.version / hl7.control_id / hl7.size / "
     "hl7.duplicate_control_id": "The message as a whole is rejected (AR) with a table 0357 code: 100/101/102 "
                                 "structure, 200/201/203 unsupported type/event/version, 207 otherwise.",
-    "rxgate.internal_error": "An internal error while judging: AR 207, logged with the control id; never silence.",
+    "rxgate.internal_error": "An internal error while judging: AR 207, logged with the control id; never silence. "
+                             "A CDS Hooks call answers it as a critical card (audited, logged with the hookInstance).",
+    "rxgate.fhir": "CDS Hooks: a FHIR resource rxgate cannot use (not valid FHIR R4, another patient's, a medication "
+                   "that cannot be read): an error card, and the resource is left out of the judgement. A GO "
+                   "MedicationRequest whose timing plans more than one administration is refused by `go.schedule` "
+                   "(\"one order per dose: this order plans more than one start\").",
     "rxgate.timeout": "MLLP: no verdict within RXGATE_MLLP_TIMEOUT: AR 207 on that connection only (not stored, "
                       "published or audited); the message stays queued and a resend with the same control id gets "
                       "its verdict.",

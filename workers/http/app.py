@@ -18,6 +18,7 @@ from workers.health import health_status
 from workers.http import api, pages
 from workers.http.access_log import install_access_log_filter
 from workers.http.auth import AuditAuth
+from workers.http.cds import CdsConfig, cds_router
 from workers.settings import Settings
 from workers.store import SqlStore, open_sql_store
 
@@ -48,13 +49,16 @@ async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
 
 
 def create_app(store_url: str | None = None, token_sha256: str | None = None, *, tz: tzinfo | None = None,
-               store: SqlStore | None = None, service_health: Callable[[], dict] | None = None) -> FastAPI:
+               store: SqlStore | None = None, service_health: Callable[[], dict] | None = None,
+               cds: CdsConfig | None = None) -> FastAPI:
     """The audit app over the database at `store_url` (or an open `store`).
 
     `service_health`: when given (by `rxgate serve`), /health reports the broker and the database.
     `token_sha256`: hex SHA-256 of the bearer token; empty or None closes every protected route.
     `tz`: the zone of since/until dates and of displayed times (default: RXGATE_TIMEZONE; a bad
     value is the settings' error, not a silent UTC).
+    `cds`: the CDS Hooks routes' configuration (default: from the RXGATE_* settings, so a bad
+    RXGATE_CDS_ISSUERS is a start-up error naming it).
     """
     if tz is None:
         tz = Settings().tz
@@ -74,6 +78,7 @@ def create_app(store_url: str | None = None, token_sha256: str | None = None, *,
     app.add_exception_handler(HTTPException, _http_error)
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(cds_router(store, cds if cds is not None else CdsConfig.from_settings(Settings())))
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")  # the CSS: open, no data
     # imported here, not at the top: importing workers.metrics chooses the multiprocess directory
     from workers.metrics import mount_metrics  # open GET /metrics (docs/metrics.md)

@@ -73,7 +73,7 @@ def safe_reason(exc: BaseException) -> str:
 
 
 def not_processed_result(text: str, reason: str, tz) -> dict[str, Any]:
-    """The AR with ERR 207 "not processed, resend", answered without an audit record (contract §3)."""
+    """The AR with ERR 207 "not processed, resend", answered without an audit record (docs/interfaces.md §3)."""
     header = None
     try:
         split = split_messages(text)

@@ -34,7 +34,7 @@ SHA256_HEX_LEN = 64  # a SHA-256 digest in hex: chain hashes, message content ha
 ACK_CODE_LEN = 2  # AA / AE / AR
 ORDER_CONTROL_LEN = 2  # ORC-1: CA, DC, XO, ...
 SEVERITY_LEN = 10  # error / warning / info
-LOCATION_LEN = 50  # an ERR-2 location such as RXO(1)-2
+LOCATION_LEN = 500  # an ERR-2 location such as RXO(1)-2, or a FHIR path (CDS Hooks; migration 0007)
 RULE_ID_LEN = 100  # a rule id such as go.dose
 MESSAGE_TYPE_LEN = 100  # MSH-9 as sent, e.g. OMP^O09^OMP_O09
 PROTOCOL_LEN = 200  # protocol id, protocol version hash
@@ -194,3 +194,35 @@ class CancellationRow(Base):
     leaves_history: Mapped[bool] = mapped_column(Boolean)
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
     entries_removed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# --- CDS Hooks (workers/store/cds.py, migration 0007_cds_hooks) --------------------------------------
+
+
+class CdsJtiRow(Base):
+    """A CDS client JWT id already used (replay protection), kept until the token expires."""
+
+    __tablename__ = "cds_jti"
+    __table_args__ = (UniqueConstraint("issuer", "jti", name="uq_cds_jti_issuer_jti"),
+                      Index("ix_cds_jti_expires_at", "expires_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    issuer: Mapped[str] = mapped_column(String(COMPOSITE_LEN))
+    jti: Mapped[str] = mapped_column(String(FIELD_LEN))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CdsCardRow(Base):
+    """A card answered to a CDS client: found again when its feedback comes."""
+
+    __tablename__ = "cds_cards"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(COMPOSITE_LEN))
+    hook_instance: Mapped[str] = mapped_column(String(FIELD_LEN), index=True)
+    patient_key: Mapped[str] = mapped_column(String(COMPOSITE_LEN), default="")
+    rule: Mapped[str] = mapped_column(String(RULE_ID_LEN))
+    indicator: Mapped[str] = mapped_column(String(SEVERITY_LEN))
+    location: Mapped[str | None] = mapped_column(String(LOCATION_LEN), nullable=True)
+    summary: Mapped[str] = mapped_column(String(FIELD_LEN))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

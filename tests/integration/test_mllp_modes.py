@@ -30,6 +30,7 @@ from tests.integration.mllp_client import (
     start_listener,
     with_modes,
 )
+from validator import er7
 
 pytestmark = pytest.mark.integration
 
@@ -281,3 +282,35 @@ def test_no_timeout_answer_follows_a_commit_accept(env, procs):
     # had the first got a timeout answer too, it would have come before the second's (its deadline is earlier)
     assert [ack(x) for x in answers] == [("CA", "MNT01"), ("AR", "MNT02")]
     assert "rxgate.timeout" in answers[1] and time.monotonic() - started >= 1.0
+
+
+@pytest.mark.skipif(not hasattr(er7, "redelivery_form"),
+                    reason="the redelivery key (MSH-7 emptied, trailing empties removed; issue 13 core) is not merged yet")
+def test_restamped_resend_waits_in_flight_and_then_gets_the_stored_answer(env, procs):
+    """A resend with MSH-7 re-stamped and trailing empty fields is the same message (docs/interfaces.md §5
+    redelivery key): in flight it waits for the first copy's verdict; after it, it gets the stored answer."""
+    port = start_listener(procs, timeout=60)
+    original = accepted("MRS01", mrn="MRS1")
+    restamped = original.replace("|20261201083000||RDE^O11", "|20261201083500||RDE^O11", 1).replace(
+        "\rPV1|1|I|ONC^4B^12\r", "\rPV1|1|I|ONC^4B^12|||\r", 1)
+    assert restamped != original
+    answers: dict[str, str] = {}
+
+    def send(name: str, text: str) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(framed(text))
+            [answers[name]] = read_frames(s, 1, timeout=60)
+
+    first = threading.Thread(target=send, args=("first", original))
+    first.start()
+    r = client(env)
+    wait_until(lambda: r.xlen(names(env)[0]) == 1, 15, what="the first copy queued")
+    resend = threading.Thread(target=send, args=("resend", restamped))
+    resend.start()
+    wait_until(lambda: "already queued" in procs.logs(), 15, what="the re-stamped resend to join the queued entry")
+    start_bridge(procs, env)
+    first.join(60)
+    resend.join(60)
+    send("after", restamped)
+    assert answers["first"] == answers["resend"] == answers["after"] and ack(answers["first"]) == ("AA", "MRS01")
+    assert audit_per_control_id(env) == {"MRS01": 1}

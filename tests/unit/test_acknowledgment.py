@@ -11,6 +11,7 @@ from hl7apy.parser import parse_message
 
 from tests.builders import adult_order_set
 from tests.hl7check import check_response
+from validator import reader
 from validator.acknowledgment import ORIGINAL, AckModes, commit_refusal, peer_commit_ack, sender_namespaces
 from validator.er7 import split_messages
 from validator.findings import error
@@ -129,3 +130,11 @@ def test_commit_reject_carries_the_reason():
     check_response(text, "CR", "CTRL-8")
     err = next(x for x in text.split("\r") if x.startswith("ERR|")).split("|")
     assert err[2] == "MSH^1^12" and err[3].startswith("203^") and err[5] == "hl7.version"
+
+
+@pytest.mark.skipif(not hasattr(reader, "PROCESSING_IDS"),
+                    reason="the judge's MSH-11 check (hl7.processing_id, issue 13 core) is not merged yet")
+def test_commit_refusal_for_an_unsupported_processing_id():
+    refusal = commit_refusal(read_header(raw_of(with_msh(adult_order_set("A1"), f11="Q")), UTC))
+    assert (refusal.rule, refusal.code, refusal.field) == ("hl7.processing_id", "202", 11)
+    assert commit_refusal(read_header(raw_of(with_msh(adult_order_set("A1"), f11="T")), UTC)) is None

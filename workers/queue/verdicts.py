@@ -17,6 +17,16 @@ same MULTI/EXEC that publishes its answer), so a resend after the verdict is que
 the bridge answers it with the stored verdict, byte for byte. The check, the XADD and the note are
 one Lua script: two resends at once on two listeners queue one entry.
 
+Use (an asyncio application; one `Verdicts` per process, started and closed with it):
+
+    verdicts = Verdicts.connect(settings, resolve_broker_url(settings))
+    await verdicts.start()
+    try:
+        submission, hl7 = await verdicts.judge(raw_message, settings.mllp_timeout)  # verdict or timeout AR
+    except NotQueued:
+        ...  # Redis did not take it: answer "not queued, resend"
+    await verdicts.close()
+
 **Waiting.** One reader task per process follows `<prefix>:outbound` from its end at start-up
 and resolves every future waiting for an `inbound_id` (several may wait for one entry: the first
 copy and its resends). Answers read in the last `RECENT_SECONDS` are kept so that a waiter that

@@ -23,7 +23,17 @@ import trustme
 
 from tests.builders import adult_order_set
 from tests.integration.conftest import client, names, wait_until
-from tests.integration.mllp_client import ReplyPeer, ack, framed, read_frames, start_bridge, start_listener, with_modes
+from tests.integration.mllp_client import (
+    ReplyPeer,
+    ack,
+    framed,
+    read_frames,
+    start_bridge,
+    start_listener,
+    wait_listening,
+    with_modes,
+)
+from workers.queue.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -181,3 +191,13 @@ def test_enhanced_mode_reply_over_mutual_tls(env, procs, pki):
         peer.close()
     assert ack(reply) == ("AA", "MRP01")
     wait_until(lambda: "delivered" in procs.logs(), 15, what="the delivery to be logged")
+
+
+def test_serve_passes_the_tls_options_to_its_listener(env, procs, pki):
+    port = free_port()
+    procs.env = dict(env, RXGATE_MLLP_PORT=str(port))
+    procs.start("serve", "--no-worker", "--no-api", "--mllp", "--mllp-tls-cert", str(pki.server_cert),
+                "--mllp-tls-key", str(pki.server_key))
+    wait_listening(port, procs)
+    _version, answer = exchange(tls_client(pki), port, adult_order_set("MSS01", mrn="MSS1"))
+    assert ack(answer) == ("AA", "MSS01")  # over TLS, judged by the bridge `serve` started

@@ -3,17 +3,15 @@
 `trustme` makes a CA, the listener's certificate (for 127.0.0.1), a client certificate that CA
 signed, and a client certificate of a foreign CA. Shown: a TLS client gets its answer (TLS 1.2 or
 later only); with a client CA, a client without a certificate or with a foreign one is refused at
-the handshake and nothing it sent is queued; plain MLLP on the TLS port gets no MLLP byte back; a
-TLS file that is missing or unusable stops `rxgate mllp` at start-up (exit 2, naming it); replies
-of enhanced mode go over TLS to a peer that requires rxgate's client certificate.
+the handshake and nothing it sent is queued; plain MLLP on the TLS port gets no MLLP byte back;
+replies of enhanced mode go over TLS to a peer that requires rxgate's client certificate; `serve`
+passes its TLS options to its listener. (Unusable TLS files at start-up: tests/adapters/test_mllp_cli.py.)
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,35 +139,6 @@ def test_plain_mllp_on_the_tls_port_gets_nothing(env, procs, pki):
             pass
     assert b"\x0b" not in received and b"MSA" not in received  # closed without a byte of MLLP
     assert client(env).xlen(names(env)[0]) == 0
-
-
-def rxgate_mllp(env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workers.cli", "mllp", "--port", "0", *args], env=env,
-                          capture_output=True, text=True, timeout=60)
-
-
-def test_missing_or_unusable_tls_files_stop_the_listener_at_start_up(env, pki, tmp_path):
-    not_pem = tmp_path / "not.pem"
-    not_pem.write_text("not a certificate\n")
-    cases = [
-        (["--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(pki.server_key)], "missing.pem"),
-        (["--tls-cert", str(tmp_path), "--tls-key", str(pki.server_key)], str(tmp_path)),  # a directory
-        (["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.client_key)], "server.pem"),  # not its key
-        (["--tls-cert", str(not_pem), "--tls-key", str(pki.server_key)], "not.pem"),
-        ([*tls_args(pki), "--tls-client-ca", str(tmp_path / "ca-missing.pem")], "ca-missing.pem"),
-        (["--tls-cert", str(pki.server_cert)], "--tls-key"),
-        (["--tls-client-ca", str(pki.ca_file)], "--tls-cert"),
-    ]
-    for args, named in cases:
-        out = rxgate_mllp(env, *args)
-        assert out.returncode == 2, (args, out.stderr)
-        assert named in out.stderr and "Traceback" not in out.stderr and "listening" not in out.stderr, out.stderr
-    out = rxgate_mllp(dict(env, RXGATE_MLLP_TLS_CERT=str(tmp_path / "gone.pem"), RXGATE_MLLP_TLS_KEY="k.pem"))
-    assert out.returncode == 2 and "gone.pem" in out.stderr  # the settings are checked the same way
-    serve = subprocess.run([sys.executable, "-m", "workers.cli", "serve", "--mllp", "--mllp-tls-cert",
-                            str(tmp_path / "missing.pem"), "--mllp-tls-key", str(pki.server_key)],
-                           env=env, capture_output=True, text=True, timeout=60)
-    assert serve.returncode == 2 and "missing.pem" in serve.stderr and "running" not in serve.stderr
 
 
 def test_enhanced_mode_reply_over_mutual_tls(env, procs, pki):

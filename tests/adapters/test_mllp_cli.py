@@ -82,3 +82,9 @@ def test_bad_reply_settings_are_refused(pem, capsys, monkeypatch, env, named):
     for k, v in env.items():
         monkeypatch.setenv(k, v.format(d=pem))
     assert named in refused(capsys, "mllp", "--port", "0")
+
+
+def test_explain_documents_the_timeout_rule(capsys):
+    assert main(["explain", "rxgate.timeout"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("rxgate.timeout — ") and "RXGATE_MLLP_TIMEOUT" in out and "not stored" in out

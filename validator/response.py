@@ -156,3 +156,25 @@ def build_rejection(
     ]
     return to_ascii("\r".join(lines) + "\r")
 
+
+
+def build_commit_ack(
+    header: OrderSet | None, code: str, now: datetime, refusal: Finding | None = None, err_code: str = "207",
+) -> str:
+    """An enhanced-mode commit ACK (docs/interfaces.md §5 "MLLP"): `ACK`, MSA-1 `CA`/`CE`/`CR`.
+
+    `CA` is MSH and MSA only; `CE`/`CR` carry the reason as `refusal` (MSA-3 where the version has it,
+    and one ERR with `err_code`). MSH-15/16 stay empty: an acknowledgment asks for none itself.
+    """
+    header = header or OrderSet()
+    version = header.version if header.version in _SUPPORTED else FALLBACK_VERSION
+    vt = version_tuple(version)
+    event = header.trigger_event if header.trigger_event.isalnum() else ""
+    message_type = "ACK" if not event else (f"ACK^{event}" if vt < (2, 3, 1) else f"ACK^{event}^ACK")
+    lines = [_msh(header, message_type, version, now)]
+    if refusal is None:
+        lines.append(f"MSA|{code}|{escape(header.control_id)}")
+    else:
+        lines += [_msa(code, header.control_id, f"{refusal.rule}: {refusal.message}", vt),
+                  _err(refusal, refusal.location, vt, err_code)]
+    return to_ascii("\r".join(lines) + "\r")

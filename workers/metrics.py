@@ -122,10 +122,27 @@ class _Instruments:
         self.mllp_rejections = Counter(
             "rxgate_mllp_rejections", "AR answers the MLLP listener gave itself, by reason (timeout, not_hl7, "
             "not_queued)", ["reason"])
+        self.mllp_commit_acks = Counter(
+            "rxgate_mllp_commit_acks", "Enhanced mode: commit decisions by MSA-1 (CA queued, CE not queued, CR "
+            "refused) and whether MSH-15 let the commit ACK be sent", ["code", "sent"])
+        self.mllp_peer_acks = Counter(
+            "rxgate_mllp_peer_acks", "Commit ACKs (MSA-1 CA/CE/CR) that peers sent to the listener: consumed, never "
+            "answered", ["code"])
+        self.mllp_resends_joined = Counter(
+            "rxgate_mllp_resends_joined", "Messages that were already queued (the same message key in flight): they "
+            "waited for that entry's verdict instead of being queued again")
+        self.mllp_replies = Counter(
+            "rxgate_mllp_replies", "Enhanced-mode application responses sent to reply addresses, by outcome: "
+            "delivered, retried (one failed attempt), refused (the peer answered CR/AR), given_up "
+            "(RXGATE_MLLP_REPLY_BUDGET spent)", ["outcome"])
+        self.mllp_tls_failures = Counter(
+            "rxgate_mllp_tls_handshake_failures", "Connections to the TLS listener whose handshake failed (no or an "
+            "untrusted client certificate, plain MLLP on the TLS port, ...)")
 
     def unregister(self) -> None:
         for metric in (self.messages, self.findings, self.latency, self.retries, self.dead_letters,
-                       self.mllp_rejections):
+                       self.mllp_rejections, self.mllp_commit_acks, self.mllp_peer_acks, self.mllp_resends_joined,
+                       self.mllp_replies, self.mllp_tls_failures):
             try:
                 REGISTRY.unregister(metric)
             except KeyError:
@@ -194,6 +211,31 @@ def dead_letter(source: str) -> None:
 @_safe
 def mllp_rejection(reason: str) -> None:
     instruments().mllp_rejections.labels(reason=reason).inc()
+
+
+@_safe
+def mllp_commit(code: str, sent: bool) -> None:
+    instruments().mllp_commit_acks.labels(code=code, sent="true" if sent else "false").inc()
+
+
+@_safe
+def mllp_peer_ack(code: str) -> None:
+    instruments().mllp_peer_acks.labels(code=code).inc()
+
+
+@_safe
+def mllp_resend_joined() -> None:
+    instruments().mllp_resends_joined.inc()
+
+
+@_safe
+def mllp_reply(outcome: str) -> None:
+    instruments().mllp_replies.labels(outcome=outcome).inc()
+
+
+@_safe
+def mllp_tls_failure() -> None:
+    instruments().mllp_tls_failures.inc()
 
 
 def reset_multiproc_dir() -> int:

@@ -61,6 +61,18 @@ class Settings(BaseSettings):
     mllp_port: int = 2575
     mllp_timeout: float = 30.0  # seconds before an unanswered message gets AR rxgate.timeout; < the sender's ACK timeout
     mllp_max_frame: int = 10_000_000  # bytes; a larger frame is refused (AR) and its connection closed
+    mllp_tls_cert: str = ""  # PEM certificate (chain): the listener speaks MLLP over TLS 1.2+ only
+    mllp_tls_key: str = ""  # its PEM private key
+    mllp_tls_client_ca: str = ""  # PEM CA: only clients presenting a certificate it signed are served (mutual TLS)
+    # enhanced mode (MSH-15/16): application responses go to the sender's reply address (workers/queue/replies.py)
+    mllp_reply_to: str = ""  # "MSH-3^MSH-4=host:port,..."; a sender not named gets its responses on the streams only
+    mllp_reply_budget: float = 3600.0  # seconds from receipt within which a reply must be delivered, else given up
+    mllp_reply_initial_delay: float = 1.0  # first back-off delay after a failed delivery, doubled per attempt
+    mllp_reply_max_delay: float = 60.0  # back-off cap
+    mllp_reply_ack_timeout: float = 30.0  # seconds to connect, and for the peer to acknowledge a reply
+    mllp_reply_tls_ca: str = ""  # PEM CA: replies go over TLS to peers presenting a certificate it signed
+    mllp_reply_tls_cert: str = ""  # rxgate's client certificate for peers that require mutual TLS
+    mllp_reply_tls_key: str = ""
     # --- CDS Hooks order-sign (workers/http/cds.py, on the audit API's port) ---
     cds_issuers: str = ""  # "issuer=jwks_url_or_key_file,...": the CDS clients trusted; empty: every call is 401
     cds_base_url: str = ""  # the public base URL the JWT aud is checked against (behind a proxy); empty: as invoked

@@ -225,3 +225,32 @@ def test_reset_removes_only_files_of_dead_processes(tmp_path):
         print(n, f"counter_{dead.pid}.db" not in left and {f"counter_{os.getppid()}.db", "notes.txt"} <= left)
     """, tmp_path)
     assert out.split() == ["1", "True"]
+
+
+def test_mllp_counters_have_the_documented_labels(tmp_path):
+    """The MLLP listener's counters (counted through `_safe` wrappers, which would hide a label mistake)."""
+    out = run_py("""
+        import sys
+        from workers import metrics
+        metrics.mllp_commit("CA", True)
+        metrics.mllp_commit("CR", False)
+        metrics.mllp_peer_ack("CE")
+        metrics.mllp_resend_joined()
+        for outcome in ("delivered", "retried", "retried", "refused", "given_up"):
+            metrics.mllp_reply(outcome)
+        metrics.mllp_tls_failure()
+        body, _ = metrics.metrics_response()
+        sys.stdout.write(body.decode())
+    """, tmp_path, RXGATE_METRICS_DIR="off")
+    s = samples(out)
+    assert s[("rxgate_mllp_commit_acks_total", (("code", "CA"), ("sent", "true")))] == 1
+    assert s[("rxgate_mllp_commit_acks_total", (("code", "CR"), ("sent", "false")))] == 1
+    assert s[("rxgate_mllp_peer_acks_total", (("code", "CE"),))] == 1
+    assert s[("rxgate_mllp_resends_joined_total", ())] == 1
+    assert s[("rxgate_mllp_replies_total", (("outcome", "retried"),))] == 2
+    assert s[("rxgate_mllp_replies_total", (("outcome", "given_up"),))] == 1
+    assert s[("rxgate_mllp_tls_handshake_failures_total", ())] == 1
+    docs = (ROOT / "docs" / "metrics.md").read_text()
+    for name in ("rxgate_mllp_commit_acks_total", "rxgate_mllp_peer_acks_total", "rxgate_mllp_resends_joined_total",
+                 "rxgate_mllp_replies_total", "rxgate_mllp_tls_handshake_failures_total"):
+        assert f"`{name}`" in docs

@@ -14,68 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.builders import adult_order_set
-from tests.integration.conftest import Procs, audit_count, client, names
-from workers.queue.embedded import free_port
+from tests.integration.conftest import audit_count, client, names
+from tests.integration.mllp_client import CR, FS, VT, ack, framed, read_frames, start_bridge, start_listener
 from workers.queue.mllp import FrameReader, FrameTooLarge
 
 pytestmark = pytest.mark.integration
-
-VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
-
-
-def framed(text: str) -> bytes:
-    return VT + text.encode() + FS + CR
-
-
-def start_listener(procs: Procs, timeout: float = 20.0) -> int:
-    port = free_port()
-    procs.start("mllp", "--port", str(port), "--timeout", str(timeout))
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return port
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("the MLLP listener did not start")
-
-
-def start_bridge(procs: Procs, env) -> None:
-    procs.start("bridge")
-    r = client(env)
-    inbound = names(env)[0]
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:  # the consumer group exists once the bridge is reading
-        try:
-            if r.xinfo_groups(inbound):
-                return
-        except Exception:  # noqa: BLE001 - stream not created yet
-            pass
-        time.sleep(0.05)
-    raise AssertionError("the bridge did not start")
-
-
-def read_frames(sock: socket.socket, n: int, timeout: float = 30.0) -> list[str]:
-    """Read `n` framed responses (or fewer if the server closes)."""
-    sock.settimeout(timeout)
-    buf, out = b"", []
-    while len(out) < n:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-        while FS + CR in buf:
-            end = buf.index(FS + CR)
-            assert buf[:1] == VT, buf[:20]
-            out.append(buf[1:end].decode())
-            buf = buf[end + 2:]
-    assert buf == b"", "bytes after the last frame"
-    return out
-
-
-def ack(response: str) -> tuple[str, str]:
-    msa = next(s for s in response.split("\r") if s.startswith("MSA|")).split("|")
-    return msa[1], msa[2]
 
 
 def test_frame_reader_units():
@@ -150,15 +93,12 @@ def test_timeout_answers_ar_and_the_message_stays_queued(env, procs):
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(framed(adult_order_set("MT0001", mrn="MTM1")))
         [resp] = read_frames(s, 1, timeout=15)
-    elapsed = time.monotonic() - started
-    assert 0.9 <= elapsed < 10
+    assert time.monotonic() - started >= 1.0
     assert ack(resp) == ("AR", "MT0001")
-    err = next(x for x in resp.split("\r") if x.startswith("ERR|"))
-    assert "207" in err and "rxgate.timeout" in resp
-    assert "not answered within 1 s" in resp and "do not resend with a new control id" in resp
+    err = next(x for x in resp.split("\r") if x.startswith("ERR|")).split("|")
+    assert err[3].startswith("207^") and err[5] == "rxgate.timeout" and err[8] == "not yet judged: resend unchanged"
     inbound = names(env)[0]
     assert client(env).xlen(inbound) == 1  # queued: processed when a bridge comes
-    # a bridge now processes it; a resend with the same control id gets the stored answer
     start_bridge(procs, env)
     deadline = time.monotonic() + 20
     while audit_count(env) < 1 and time.monotonic() < deadline:

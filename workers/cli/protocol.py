@@ -144,6 +144,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 0
     rule = rules.get(args.rule)
     if rule is None:
+        # message-level rules (MESSAGE_RULES): one text may document several ids ("a / b / c")
+        text = next((t for ids, t in MESSAGE_RULES.items() if args.rule in ids.split(" / ")), None)
+        if text is not None:
+            print(f"{args.rule} — {text}")
+            return 0
         raise UsageError(f"unknown rule {args.rule!r}; known: {', '.join(rules)}")
     print(rule.doc.strip())
     if rule.parameters:

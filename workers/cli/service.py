@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from workers.cli.check import read_inputs
+from workers.cli.mllp import add_tls_options, listener_tls, reply_setup, tls_files
 from workers.cli.usage import UsageError
 from workers.settings import Settings
 
@@ -40,6 +41,7 @@ def register(sub) -> None:
     serve.add_argument("--no-api", action="store_true", help="do not start the audit API")
     serve.add_argument("--mllp", action="store_true",
                        help="also start the MLLP listener (RXGATE_MLLP_HOST / RXGATE_MLLP_PORT)")
+    add_tls_options(serve, "--mllp-tls-")  # passed through to `rxgate mllp` as --tls-cert/--tls-key/--tls-client-ca
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run a Celery worker for rxgate.validate (queue rxgate.orders)")
@@ -75,6 +77,20 @@ def _configure_logging(settings: Settings) -> None:
 # --- serve ---------------------------------------------------------------------------------------
 
 
+def _mllp_args(args: argparse.Namespace, settings: Settings) -> list[str] | None:
+    """`rxgate mllp`'s arguments under `serve --mllp` (None without it), its TLS and reply settings checked
+    here first: the child would refuse them too, after the rest of the service had started."""
+    cert, key, client_ca = tls_files(args, settings, prefix="mllp_tls_")
+    if not args.mllp:
+        if any(getattr(args, f"mllp_tls_{n}", None) for n in ("cert", "key", "client_ca")):
+            raise UsageError("--mllp-tls-cert/--mllp-tls-key/--mllp-tls-client-ca need --mllp")
+        return None
+    listener_tls(cert, key, client_ca)
+    reply_setup(settings)
+    return [*(["--tls-cert", cert] if cert else []), *(["--tls-key", key] if key else []),
+            *(["--tls-client-ca", client_ca] if client_ca else [])]
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     """Linux: the child gets SIGTERM if `rxgate serve` itself dies (kill -9), instead of lingering."""
     try:
@@ -96,6 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     _configure_logging(settings)
+    mllp_args = _mllp_args(args, settings)  # a bad TLS file or reply address: exit 2 before anything starts
     settings.warn_if_default_zone()
     try:
         url, embedded = ensure_broker(settings)
@@ -128,8 +145,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "--host", settings.audit_api_host, "--port", str(settings.audit_api_port), "--log-level", "warning",
             "--no-access-log",  # logged URLs could carry patient ids in query strings
         ], env)
-    if args.mllp:
-        children["mllp"] = _spawn([*me, "mllp"], env)
+    if mllp_args is not None:
+        children["mllp"] = _spawn([*me, "mllp", *mllp_args], env)
     log.info("rxgate serve: broker %s%s, database %s, %s", _hide(url), " (embedded)" if embedded else "",
              _hide(settings.database_url), ", ".join(f"{k} pid {p.pid}" for k, p in children.items()))
     print(f"rxgate serve: broker {_hide(url)}{' (embedded, under ' + settings.var_dir + '/)' if embedded else ''}; "

@@ -1,30 +1,45 @@
-"""`rxgate mllp`: the MLLP (TCP) listener every interface engine speaks.
+"""`rxgate mllp`: the MLLP (TCP, optionally TLS) listener every interface engine speaks (docs/interfaces.md §5).
 
-    <VT 0x0B> message <FS 0x1C><CR 0x0D>       (one frame; the response comes back framed the same way)
+    <VT 0x0B> message <FS 0x1C><CR 0x0D>       (one frame; answers come back framed the same way)
 
 Each frame is split into its messages (normally one); each message is put on the stream queue
-(`XADD <prefix>:inbound * hl7 <message>`, the same path as `rxgate submit`), the stream bridge
-(`rxgate bridge` / `rxgate serve`) processes it and publishes the response on `<prefix>:outbound`
-with `inbound_id`; the listener writes that response back, framed, on the connection the message
-came in on. Responses on one connection are written in the order the frames arrived.
+(`XADD <prefix>:inbound * hl7 <message>`, the path of `rxgate submit`, through
+workers/queue/verdicts.py), the stream bridge (`rxgate bridge` / `rxgate serve`) judges it, audits
+it and publishes its application response on `<prefix>:outbound` with `inbound_id` — whatever the
+acknowledgment mode. What the sender is told depends on the mode (validator/acknowledgment.py):
 
-Never silence:
-- not answered within `--timeout` seconds (RXGATE_MLLP_TIMEOUT, default 30; keep it below the
-  sender's own ACK timeout): `AR` ERR 207, rule `rxgate.timeout`, "not answered within N s; the
-  message is queued and will be processed - do not resend with a new control id". The message
-  stays queued: a resend with the SAME control id gets the stored answer (docs/interfaces.md §3);
-- the queue (Redis) does not take the message: `AR` ERR 207 `service.not_processed`
-  "not queued (broker unavailable), resend";
+- **Original mode** (MSH-15 and MSH-16 empty): the application response, on the same connection.
+  No verdict within `--timeout` seconds (RXGATE_MLLP_TIMEOUT, default 30; keep it below the sender's
+  own ACK timeout): `ACK` AR, ERR-3 207, ERR-5 `rxgate.timeout`, "not yet judged: resend unchanged".
+  That answer goes to this socket only — not published, not audited, not stored under the message
+  key; the message stays queued and its verdict stays the entry's one answer, which a resend of the
+  unchanged message gets.
+- **Enhanced mode** (MSH-15 or MSH-16 valued): a commit ACK on the same connection as MSH-15 asks —
+  `CA` once the XADD is acknowledged, `CR` (not queued) for an MSH-9/11/12 rxgate does not take,
+  `CE` when Redis does not take it — and the application response, as MSH-16 asks, on a connection
+  rxgate opens to the sender's reply address (RXGATE_MLLP_REPLY_TO, workers/queue/replies.py);
+  never unsolicited on the inbound socket, and never a timeout answer after a `CA`.
+- A commit ACK a peer sends (MSH-9 `ACK`, MSA-1 CA/CE/CR) is consumed: not queued, not answered.
+- **A resend waits for the verdict**: a message already queued and not yet answered (the same message
+  key in flight, on this listener or another) is not queued again; it gets that entry's verdict.
+
+Never silence otherwise:
+- the queue (Redis) does not take the message: original mode `AR` ERR 207 `service.not_processed`
+  "not queued (broker unavailable), resend"; enhanced mode `CE`;
 - a frame holding no MSH segment (not HL7 at all): `AR` ERR 100 `hl7.structure` at once, not queued
   (there is no sender or control id to key it on, and port scanners should not fill the audit log);
 - a frame larger than RXGATE_MLLP_MAX_FRAME bytes: `AR` ERR 100, then the connection is closed.
 
 Transport details: frames may be split across packets and several frames may come in one packet;
 bytes outside frames (line noise, keep-alives) are skipped; a half-closed connection (the sender
-shut down its write side after the last frame) still gets every response before the listener
-closes it; a frame left unfinished at end of input is dropped (logged, never answered: it was never
-a whole message). Many connections are served concurrently (asyncio); one Redis reader task
-dispatches responses to the waiting connections by `inbound_id`.
+shut down its write side after the last frame) still gets every answer before the listener closes
+it; a frame left unfinished at end of input is dropped (logged, never answered: it was never a whole
+message). Messages of one connection are queued in the order their frames arrived, and its answers
+written in that order. Many connections are served concurrently (asyncio).
+
+TLS (`--tls-cert/--tls-key [--tls-client-ca]`): the same framing and answers inside TLS 1.2+; a
+failed handshake (plain MLLP on the TLS port, no or a foreign client certificate under mutual TLS)
+closes the connection without a byte of MLLP, logged and counted.
 
 Logs carry peer addresses, control ids and counts, never message content.
 """
@@ -33,27 +48,40 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from datetime import datetime
 
-import redis
-import redis.asyncio as aredis
-
-from validator.er7 import decode, split_messages
+from validator.acknowledgment import (
+    COMMIT_ACCEPT,
+    COMMIT_ERROR,
+    COMMIT_REJECT,
+    NEVER,
+    AckModes,
+    commit_refusal,
+    peer_commit_ack,
+    sender_namespaces,
+)
+from validator.er7 import RawMessage, decode, split_messages
+from validator.errors import MessageRejected
+from validator.findings import error
+from validator.model import Location
 from validator.reader import read_header
-from validator.response import build_rejection
+from validator.response import build_commit_ack, build_rejection
 from workers import metrics
-from workers.queue import sentinel
+from workers.queue.replies import Replies
+from workers.queue.verdicts import TIMEOUT_RULE, NotQueued, Submission, Verdicts, timeout_answer
 from workers.settings import Settings
 
 log = logging.getLogger("rxgate.mllp")
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 END = FS + CR
-TIMEOUT_RULE = "rxgate.timeout"
 NOT_QUEUED_RULE = "service.not_processed"
+NOT_QUEUED_TEXT = "not queued (broker unavailable), resend"
 STRUCTURE_RULE = "hl7.structure"
+TLS_HANDSHAKE_SECONDS = 30.0
 
 
 def frame(text: str) -> bytes:
@@ -97,127 +125,53 @@ class FrameTooLarge(Exception):
     pass
 
 
-def _entries(text: str) -> list[str]:
-    """One queue entry per message of the frame (as `rxgate submit` does); [] when there is no MSH."""
-    split = split_messages(text)
-    if split.no_msh or not split.messages:
-        return []
-    return [raw.text for raw in split.messages]
-
-
-def _header(text: str, settings: Settings):
+def _header(raw: RawMessage | None, settings: Settings):
+    if raw is None:
+        return None
     try:
-        split = split_messages(text)
-        return read_header(split.messages[0], settings.tz) if split.messages else None
-    except Exception:  # noqa: BLE001 - the header only fills MSA-2; without it MSA-2 stays empty
+        return read_header(raw, settings.tz)
+    except MessageRejected:  # the header only fills MSA-2 and MSH-3..6; without it they stay empty
         return None
 
 
-def rejection(text: str, rule: str, code: str, message: str, settings: Settings) -> str:
-    return build_rejection(_header(text, settings), rule, code, message, None, datetime.now(settings.tz))
+def rejection(raw: RawMessage | None, rule: str, code: str, message: str, settings: Settings) -> str:
+    return build_rejection(_header(raw, settings), rule, code, message, None, datetime.now(settings.tz))
 
 
-def timeout_text(seconds: float) -> str:
-    return (f"not answered within {seconds:g} s; the message is queued and will be processed"
-            " - do not resend with a new control id")
-
-
-@dataclass
-class _Dispatcher:
-    """Reads `<prefix>:outbound` and resolves the future waiting for each `inbound_id`."""
-
-    client: aredis.Redis
-    outbound: str
-    waiting: dict[str, asyncio.Future] = field(default_factory=dict)
-    early: dict[str, tuple[float, str]] = field(default_factory=dict)  # responses read before their waiter
-    cursor: str = "$"
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def start_cursor(self) -> None:
-        last = await self.client.xrevrange(self.outbound, count=1)
-        self.cursor = _s(last[0][0]) if last else "0-0"
-        self.ready.set()
-
-    def wait_for(self, inbound_id: str) -> asyncio.Future:
-        fut = asyncio.get_running_loop().create_future()
-        early = self.early.pop(inbound_id, None)
-        if early is not None:
-            fut.set_result(early[1])
-        else:
-            self.waiting[inbound_id] = fut
-        return fut
-
-    def forget(self, inbound_id: str) -> None:
-        self.waiting.pop(inbound_id, None)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        delay = 0.1
-        while not stop.is_set():
-            try:
-                if not self.ready.is_set():
-                    await self.start_cursor()
-                reply = await self.client.xread({self.outbound: self.cursor}, count=500, block=500)
-                delay = 0.1
-            except (redis.RedisError, OSError) as exc:
-                log.warning("mllp: outbound stream unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            now = time.monotonic()
-            for _stream, items in reply or []:
-                for entry_id, fields in items:
-                    self.cursor = _s(entry_id)
-                    f = {_s(k): v for k, v in fields.items()}
-                    inbound_id = _s(f.get("inbound_id", b""))
-                    response = _s(f.get("hl7", b""))
-                    fut = self.waiting.pop(inbound_id, None)
-                    if fut is not None:
-                        if not fut.done():
-                            fut.set_result(response)
-                    elif inbound_id:
-                        # maybe our own XADD whose caller has not registered yet; kept briefly
-                        self.early[inbound_id] = (now, response)
-            if self.early:
-                for k in [k for k, (t, _) in self.early.items() if now - t > 120]:
-                    del self.early[k]
-
-
-def _s(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+def _done(value: list[str]) -> asyncio.Future:
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_result(value)
+    return fut
 
 
 class MllpServer:
-    def __init__(self, settings: Settings, broker_url: str, host: str, port: int, timeout: float):
+    def __init__(self, settings: Settings, broker_url: str, host: str, port: int, timeout: float,
+                 tls: ssl.SSLContext | None = None, replies: Replies | None = None):
         self.settings = settings
         self.host, self.port, self.timeout = host, port, timeout
-        p = settings.stream_prefix
-        self.inbound, self.outbound = f"{p}:inbound", f"{p}:outbound"
-        if sentinel.enabled(settings):  # RXGATE_BROKER_SENTINELS: the current master, found again after a failover
-            self.client = sentinel.master_client(settings, asyncio=True)
-            self.reader_client = sentinel.master_client(settings, asyncio=True)
-        else:
-            self.client = aredis.Redis.from_url(broker_url, socket_connect_timeout=5, health_check_interval=30)
-            self.reader_client = aredis.Redis.from_url(broker_url, socket_connect_timeout=5)
-        self.dispatcher = _Dispatcher(self.reader_client, self.outbound)
-        self.stop = asyncio.Event()
+        self.tls = tls
+        self.verdicts = Verdicts.connect(settings, broker_url)
+        self.replies = replies or Replies(settings, {}, None)
         self.server: asyncio.AbstractServer | None = None
         self.connections: dict[asyncio.Task, list[int]] = {}  # connection task -> [frames awaiting an answer]
 
     async def start(self) -> int:
-        try:
-            await self.dispatcher.start_cursor()
-        except (redis.RedisError, OSError) as exc:  # served anyway: messages get AR until the broker is back
-            log.warning("mllp: broker unavailable at start (%s)", type(exc).__name__)
-        self._dispatch_task = asyncio.create_task(self.dispatcher.run(self.stop))
+        await self.verdicts.start()
         self.server = await asyncio.start_server(self._on_connection, self.host, self.port,
                                                  limit=2 ** 16, reuse_address=True)
         self.port = self.server.sockets[0].getsockname()[1]
-        log.info("mllp: listening on %s:%d (timeout %g s, queue %s)", self.host, self.port, self.timeout,
-                 self.inbound)
+        log.info("mllp: listening on %s:%d (%s, timeout %g s, queue %s, reply addresses for %d sender(s))",
+                 self.host, self.port, "TLS" + (" with client certificates" if self._mutual else "") if self.tls
+                 else "plain TCP", self.timeout, self.verdicts.inbound, len(self.replies.routes))
         return self.port
 
+    @property
+    def _mutual(self) -> bool:
+        return self.tls is not None and self.tls.verify_mode == ssl.CERT_REQUIRED
+
     async def close(self, grace: float | None = None) -> None:
-        """Stop accepting; give open connections up to `grace` seconds to receive their responses."""
+        """Stop accepting; give open connections up to `grace` seconds to receive their answers, and
+        pending replies up to RXGATE_MLLP_REPLY_ACK_TIMEOUT to be delivered."""
         if self.server is not None:
             self.server.close()
         for task, pending in list(self.connections.items()):
@@ -227,10 +181,8 @@ class MllpServer:
             await asyncio.wait(set(self.connections), timeout=self.timeout + 1 if grace is None else grace)
         for task in list(self.connections):
             task.cancel()
-        self.stop.set()
-        await asyncio.gather(self._dispatch_task, return_exceptions=True)
-        await self.client.aclose()
-        await self.reader_client.aclose()
+        await self.replies.close(self.settings.mllp_reply_ack_timeout if grace is None else grace)
+        await self.verdicts.close()
 
     # --- one connection ---------------------------------------------------------------------------
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -239,9 +191,42 @@ class MllpServer:
         self.connections[task] = pending
         peer = writer.get_extra_info("peername")
         peer_s = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        answers: asyncio.Queue = asyncio.Queue()  # awaitables of response texts, in frame order
-        writer_task = asyncio.create_task(self._write_answers(answers, writer, peer_s))
+        try:
+            if self.tls is not None and not await self._handshake(writer, peer_s):
+                return
+            await self._serve(reader, writer, peer_s, pending)
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError, ssl.SSLError):
+                pass
+            self.connections.pop(task, None)
+
+    async def _handshake(self, writer: asyncio.StreamWriter, peer: str) -> bool:
+        try:
+            await writer.start_tls(self.tls, ssl_handshake_timeout=TLS_HANDSHAKE_SECONDS)
+        except ssl.SSLError as exc:  # no or a foreign client certificate, plain MLLP, an old TLS version
+            log.warning("mllp %s: TLS handshake failed (%s): connection closed", peer, exc.reason or type(exc).__name__)
+            metrics.mllp_tls_failure()
+            return False
+        except TimeoutError:
+            log.warning("mllp %s: no TLS handshake within %g s: connection closed", peer, TLS_HANDSHAKE_SECONDS)
+            metrics.mllp_tls_failure()
+            return False
+        except (ConnectionError, OSError) as exc:  # connected and went away (a TCP health check): not a failure
+            log.debug("mllp %s: closed during the TLS handshake (%s)", peer, type(exc).__name__)
+            return False
+        if self._mutual:
+            log.info("mllp %s: TLS client certificate %s", peer, _certificate_name(writer.get_extra_info("peercert")))
+        return True
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str,
+                     pending: list[int]) -> None:
+        answers: asyncio.Queue = asyncio.Queue()  # awaitables of answer texts, in frame order
+        writer_task = asyncio.create_task(self._write_answers(answers, writer, peer))
         frames = FrameReader(self.settings.mllp_max_frame)
+        in_order = asyncio.Lock()  # this connection's messages are queued in the order their frames came
         count = 0
         try:
             while not writer_task.done():
@@ -252,33 +237,27 @@ class MllpServer:
                     for payload in frames.feed(data):
                         count += 1
                         pending[0] += 1
-                        answers.put_nowait(asyncio.ensure_future(self._answer(payload, peer_s, pending)))
+                        answers.put_nowait(asyncio.ensure_future(self._answer(payload, peer, pending, in_order)))
                 except FrameTooLarge as exc:
-                    log.warning("mllp %s: frame over %d bytes (%d so far): AR and closing", peer_s,
+                    log.warning("mllp %s: frame over %d bytes (%d so far): AR and closing", peer,
                                 self.settings.mllp_max_frame, exc.args[0])
                     text = f"frame larger than {self.settings.mllp_max_frame} bytes"
-                    answers.put_nowait(_done(rejection("", STRUCTURE_RULE, "100", text, self.settings)))
+                    answers.put_nowait(_done([rejection(None, STRUCTURE_RULE, "100", text, self.settings)]))
                     break
             if frames.partial:
                 log.warning("mllp %s: connection ended inside a frame (%d bytes dropped, not answered)",
-                            peer_s, len(frames.buffer))
+                            peer, len(frames.buffer))
             if frames.skipped:
-                log.info("mllp %s: %d bytes outside frames ignored", peer_s, frames.skipped)
+                log.info("mllp %s: %d bytes outside frames ignored", peer, frames.skipped)
         except (ConnectionError, OSError) as exc:
-            log.info("mllp %s: read ended (%s)", peer_s, type(exc).__name__)
+            log.info("mllp %s: read ended (%s)", peer, type(exc).__name__)
         finally:
             answers.put_nowait(None)
             try:
                 await writer_task
             except Exception:  # noqa: BLE001 - logged in the writer
                 pass
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
-            self.connections.pop(task, None)
-            log.debug("mllp %s: closed after %d frames", peer_s, count)
+            log.debug("mllp %s: closed after %d frames", peer, count)
 
     async def _write_answers(self, answers: asyncio.Queue, writer: asyncio.StreamWriter, peer: str) -> None:
         while True:
@@ -289,13 +268,13 @@ class MllpServer:
                 responses = await item
             except Exception:  # noqa: BLE001 - never happens by design; the sender still gets an answer
                 log.exception("mllp %s: internal error answering a frame", peer)
-                responses = [rejection("", NOT_QUEUED_RULE, "207", "not processed, resend", self.settings)]
+                responses = [rejection(None, NOT_QUEUED_RULE, "207", "not processed, resend", self.settings)]
             try:
                 for response in responses:
                     writer.write(frame(response))
                 await writer.drain()
             except (ConnectionError, OSError) as exc:
-                log.warning("mllp %s: could not write a response (%s): the sender went away", peer,
+                log.warning("mllp %s: could not write an answer (%s): the sender went away", peer,
                             type(exc).__name__)
                 # keep draining the queue so pending futures are awaited (and forgotten), writing nothing
                 while (item := await answers.get()) is not None:
@@ -305,50 +284,110 @@ class MllpServer:
                         pass
                 return
 
-    async def _answer(self, payload: bytes, peer: str, pending: list[int]) -> list[str]:
-        """The responses to one frame: one per message in it, in order."""
+    async def _answer(self, payload: bytes, peer: str, pending: list[int], in_order: asyncio.Lock) -> list[str]:
+        """What goes back on this connection for one frame: per message, in order (possibly nothing)."""
         try:
-            return await self._responses(payload, peer)
+            split = split_messages(decode(payload))
+            if split.no_msh or not split.messages:
+                log.warning("mllp %s: frame of %d bytes without an MSH segment: AR", peer, len(payload))
+                metrics.mllp_rejection("not_hl7")
+                return [rejection(None, STRUCTURE_RULE, "100", "frame is not HL7 (no MSH segment found)",
+                                  self.settings)]
+            deadline = time.monotonic() + self.timeout
+            async with in_order:
+                later = [await self._take(raw, peer, deadline) for raw in split.messages]
+            out: list[str] = []
+            for answer in later:
+                out.extend(await answer)
+            return out
         finally:
             pending[0] -= 1
 
-    async def _responses(self, payload: bytes, peer: str) -> list[str]:
-        text = decode(payload)
-        messages = _entries(text)
-        if not messages:
-            log.warning("mllp %s: frame of %d bytes without an MSH segment: AR", peer, len(payload))
-            metrics.mllp_rejection("not_hl7")
-            return [rejection(text, STRUCTURE_RULE, "100", "frame is not HL7 (no MSH segment found)", self.settings)]
-        deadline = time.monotonic() + self.timeout
+    async def _take(self, raw: RawMessage, peer: str, deadline: float) -> Awaitable[list[str]]:
+        """Queue one message (or consume it); return what will answer it on this connection."""
+        header = _header(raw, self.settings)
+        consumed = peer_commit_ack(raw)
+        if consumed:
+            log.info("mllp %s: commit ACK %s from the peer (its control_id=%s) consumed, not answered", peer,
+                     consumed, header.control_id if header else "")
+            metrics.mllp_peer_ack(consumed)
+            return _done([])
+        modes = AckModes.of(raw)
+        if modes.enhanced:
+            return _done(await self._take_enhanced(raw, header, modes, peer))
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for message in messages:
-                pipe.xadd(self.inbound, {"hl7": message})
-            ids = [_s(i) for i in await pipe.execute()]
-        except (redis.RedisError, OSError) as exc:
-            log.error("mllp %s: could not queue %d message(s) (%s): AR sent", peer, len(messages),
-                      type(exc).__name__)
+            submission = await self.verdicts.submit(raw)
+        except NotQueued as exc:
+            log.error("mllp %s: could not queue control_id=%s (%s): AR sent", peer, _cid(header), exc)
             metrics.mllp_rejection("not_queued")
-            return [rejection(m, NOT_QUEUED_RULE, "207", "not queued (broker unavailable), resend", self.settings)
-                    for m in messages]
-        futures = [self.dispatcher.wait_for(i) for i in ids]
-        out = []
-        for inbound_id, message, fut in zip(ids, messages, futures, strict=True):
+            return _done([rejection(raw, NOT_QUEUED_RULE, "207", NOT_QUEUED_TEXT, self.settings)])
+        self._note_joined(submission, header, peer)
+        answer = self.verdicts.answer(submission)
+        return asyncio.ensure_future(self._verdict_or_timeout(raw, header, submission, answer, deadline, peer))
+
+    async def _verdict_or_timeout(self, raw: RawMessage, header, submission: Submission, answer: asyncio.Future,
+                                  deadline: float, peer: str) -> list[str]:
+        try:
+            return [(await asyncio.wait_for(answer, max(0.0, deadline - time.monotonic()))).hl7]
+        except TimeoutError:
+            self.verdicts.forget(submission, answer)
+            log.warning("mllp %s: control_id=%s (inbound %s) not judged within %g s: AR %s (this socket only; "
+                        "the entry stays queued)", peer, _cid(header), submission.entry_id, self.timeout,
+                        TIMEOUT_RULE)
+            metrics.mllp_rejection("timeout")
+            return [timeout_answer(raw.text, self.settings)]
+
+    async def _take_enhanced(self, raw: RawMessage, header, modes: AckModes, peer: str) -> list[str]:
+        """Enhanced mode: queue unless refused at commit; the commit ACK as MSH-15 asks; the reply scheduled."""
+        refusal = commit_refusal(header) if header is not None else None
+        finding, err_code = None, "207"
+        if refusal is not None:
+            code, err_code = COMMIT_REJECT, refusal.code
+            finding = error(refusal.rule, refusal.message,
+                            Location(segment=refusal.segment, occurrence=1, field=refusal.field))
+            log.warning("mllp %s: control_id=%s refused at commit (CR, %s): not queued", peer, _cid(header),
+                        refusal.rule)
+        else:
             try:
-                out.append(await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic())))
-            except TimeoutError:
-                self.dispatcher.forget(inbound_id)
-                log.warning("mllp %s: inbound %s not answered within %g s: AR %s", peer, inbound_id,
-                            self.timeout, TIMEOUT_RULE)
-                metrics.mllp_rejection("timeout")
-                out.append(rejection(message, TIMEOUT_RULE, "207", timeout_text(self.timeout), self.settings))
-        return out
+                submission = await self.verdicts.submit(raw)
+            except NotQueued as exc:
+                code, finding = COMMIT_ERROR, error(NOT_QUEUED_RULE, NOT_QUEUED_TEXT)
+                log.error("mllp %s: could not queue control_id=%s (%s): CE", peer, _cid(header), exc)
+            else:
+                code = COMMIT_ACCEPT
+                self._note_joined(submission, header, peer)
+                self._schedule_reply(raw, header, modes, submission)
+        sent = modes.commit_wanted(code)
+        metrics.mllp_commit(code, sent)
+        if not sent:
+            return []
+        return [build_commit_ack(header, code, datetime.now(self.settings.tz), finding, err_code)]
+
+    def _schedule_reply(self, raw: RawMessage, header, modes: AckModes, submission: Submission) -> None:
+        if modes.application == NEVER:
+            return
+        address = self.replies.address_for(sender_namespaces(raw))
+        if address is None:
+            return  # the response is on the outbound stream and in the audit log, as every response is
+        answer = self.verdicts.answer(submission)
+        self.replies.schedule(address, answer, modes, _cid(header), submission.entry_id,
+                              lambda fut: self.verdicts.forget(submission, fut))
+
+    def _note_joined(self, submission: Submission, header, peer: str) -> None:
+        if submission.joined:
+            log.info("mllp %s: control_id=%s is already queued (inbound %s, not yet answered): waiting for its "
+                     "verdict, not queued again", peer, _cid(header), submission.entry_id)
+            metrics.mllp_resend_joined()
 
 
-def _done(value: str) -> asyncio.Future:
-    fut = asyncio.get_running_loop().create_future()
-    fut.set_result([value])
-    return fut
+def _certificate_name(cert: dict | None) -> str:
+    """The client certificate's subject CN, else its subject alternative names (for the log: a system, not a patient)."""
+    cert = cert or {}
+    subject = dict(pair for rdn in cert.get("subject", ()) for pair in rdn)
+    if subject.get("commonName"):
+        return f"CN={subject['commonName']}"
+    return ",".join(f"{kind}:{value}" for kind, value in cert.get("subjectAltName", ())) or "(no name)"
 
 
-# --- the command -----------------------------------------------------------------------------------
+def _cid(header) -> str:
+    return (header.control_id or "") if header is not None else ""

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from workers.health import health_status
-from workers.http import api, pages
+from workers.http import api, operators, pages
 from workers.http.access_log import install_access_log_filter
 from workers.http.auth import AuditAuth
 from workers.http.cds import CdsConfig, cds_router
@@ -50,7 +50,7 @@ async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
 
 def create_app(store_url: str | None = None, token_sha256: str | None = None, *, tz: tzinfo | None = None,
                store: SqlStore | None = None, service_health: Callable[[], dict] | None = None,
-               cds: CdsConfig | None = None) -> FastAPI:
+               cds: CdsConfig | None = None, dead_letters: Callable[[], object] | None = None) -> FastAPI:
     """The audit app over the database at `store_url` (or an open `store`).
 
     `service_health`: when given (by `rxgate serve`), /health reports the broker and the database.
@@ -59,6 +59,8 @@ def create_app(store_url: str | None = None, token_sha256: str | None = None, *,
     value is the settings' error, not a silent UTC).
     `cds`: the CDS Hooks routes' configuration (default: from the RXGATE_* settings, so a bad
     RXGATE_CDS_ISSUERS is a start-up error naming it).
+    `dead_letters`: gives the dead-letter stream (`workers.queue.deadletters.DeadLetters`) for the
+    operators' routes; None: those routes answer 503.
     """
     if tz is None:
         tz = Settings().tz
@@ -74,10 +76,12 @@ def create_app(store_url: str | None = None, token_sha256: str | None = None, *,
     app.state.tz = tz
     app.state.auth = AuditAuth(token_sha256)
     app.state.service_health = service_health
+    app.state.dead_letters = dead_letters
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(HTTPException, _http_error)
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(operators.router)
     app.include_router(cds_router(store, cds if cds is not None else CdsConfig.from_settings(Settings())))
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")  # the CSS: open, no data
     # imported here, not at the top: importing workers.metrics chooses the multiprocess directory
@@ -96,4 +100,10 @@ def settings_app() -> FastAPI:
     if not settings.audit_token_sha256:
         log.warning("RXGATE_AUDIT_TOKEN_SHA256 is not set: every audit route answers 401")
     return create_app(settings.database_url, settings.audit_token_sha256, tz=settings.tz,
-                      service_health=lambda: health_status(settings))
+                      service_health=lambda: health_status(settings), dead_letters=lambda: _dead_letters(settings))
+
+
+def _dead_letters(settings: Settings):
+    from workers.cli.deadletter import dead_letters
+
+    return dead_letters(settings)

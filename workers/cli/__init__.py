@@ -18,12 +18,12 @@ import argparse
 import logging
 import sys
 
-from workers.cli import audit, check, deadletter, mllp, protocol, service
+from workers.cli import audit, check, deadletter, mllp, protocol, replay, service
 from workers.cli.usage import Parser, UsageError
 
 __all__ = ["COMMAND_GROUPS", "UsageError", "build_parser", "main"]
 
-COMMAND_GROUPS = (check, audit, protocol, service, mllp, deadletter)
+COMMAND_GROUPS = (check, audit, protocol, service, mllp, deadletter, replay)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -99,6 +99,9 @@ class Timing(_Model):
         return "PRN" in self.priority.upper().split("~") or bool(self.condition)
 
 
+NEW_ORDER_CONTROLS = ("NW", "XO", "RP", "")  # ORC-1 of a new order (XO/RP replace one); CA/DC cancel
+
+
 class Order(_Model):
     """One ORDER group: ORC with its RXE/RXO, RXR, TQ1, RXC and OBX."""
 
@@ -130,6 +133,16 @@ class Order(_Model):
     # Raw segment lines echoed in the response (ORC, RXE or RXO, RXR).
     echo_lines: list[str] = []
     orc_line: str = ""
+
+    @property
+    def is_new(self) -> bool:
+        """A new order (NW, XO, RP or an empty ORC-1), the orders the rules judge and count as evidence.
+
+        `control` is compared as read: the reader strips and upper-cases ORC-1, so a control that
+        was not normalised (an order built by hand as `nw`) is no new order, the same reading as the
+        engine's, which refuses it as an unprocessed order control (docs/protocol.md).
+        """
+        return self.control in NEW_ORDER_CONTROLS
 
     @property
     def placer_key(self) -> str:

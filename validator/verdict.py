@@ -18,7 +18,6 @@ from .rules.base import DoseContext
 from .rules.eligibility import age_in_years
 from .rules.premedication import belonging_premedications
 
-NEW_ORDER_CONTROLS = ("NW", "XO", "RP", "")
 CANCEL_CONTROLS = {"CA": ("CR", "UC"), "DC": ("DR", "UD")}
 
 
@@ -88,14 +87,14 @@ def judge(
             cancellation = _cancel(verdict, order_set, history, received_at)
             if cancellation is not None:
                 cancellations.append(cancellation)
-        elif control in NEW_ORDER_CONTROLS and not verdict.order.has_give:
+        elif verdict.order.is_new and not verdict.order.has_give:
             verdict.control = "UA"
             verdict.findings.append(_at(error(
                 "hl7.structure",
                 "order group has an ORC but no RXE or RXO: there is no drug order to validate",
                 verdict.order.orc_location,
             ), verdict))
-        elif control not in NEW_ORDER_CONTROLS:
+        elif not verdict.order.is_new:
             verdict.control = "UA"
             verdict.findings.append(
                 _at(error(

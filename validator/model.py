@@ -173,6 +173,8 @@ class OrderSet(_Model):
     message_code: str = ""  # MSH-9.1
     trigger_event: str = ""  # MSH-9.2
     version: str = ""  # MSH-12.1
+    processing_id: str = "P"  # MSH-11.1, upper case; empty is P
+    processing_mode: str = ""  # MSH-11.2
     sending_application: str = ""
     sending_facility: str = ""
     receiving_application: str = ""
@@ -186,3 +188,15 @@ class OrderSet(_Model):
     @property
     def sender(self) -> str:
         return f"{self.sending_application}^{self.sending_facility}"
+
+    @property
+    def course_key(self) -> str:
+        """The key of the patient's course history: the patient key, kept apart per processing id.
+
+        Production (`P`) uses the patient key itself; a training (`T`) or debugging (`D`) message
+        has its own history (`MRN^AUTH#T`), so a training copy never blocks or counts for production.
+        """
+        key = self.patient.key
+        if not key or self.processing_id == "P":
+            return key
+        return f"{key}#{self.processing_id}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
 
-from .er7 import RawMessage, normalise, split_messages
+from .er7 import RawMessage, normalise, redelivery_form, split_messages
 from .errors import MessageRejected
 from .history import Cancellation, HistoryChanged, HistoryEntry, KeyTaken, MessageKey, ProcessedMessage, Store
 from .model import Location, OrderSet
@@ -174,17 +174,24 @@ class Writes:
 
 
 def content_sha256(text: str) -> str:
+    """SHA-256 of the normalised text (a message stored without a key)."""
     return hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()
+
+
+def redelivery_sha256(text: str) -> str:
+    """SHA-256 of the redelivery form: what tells a resend from other content under the same key."""
+    return hashlib.sha256(redelivery_form(text).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def message_key(header: OrderSet, text: str) -> MessageKey | None:
     if not header.control_id:
         return None
     return MessageKey(
+        processing_id=header.processing_id,
         sending_application=header.sending_application,
         sending_facility=header.sending_facility,
         control_id=header.control_id,
-        content_sha256=content_sha256(text),
+        content_sha256=redelivery_sha256(text),
     )
 
 
@@ -253,7 +260,7 @@ class _InternalError(Exception):
 
 
 def _judge_and_save(call: Call, key: MessageKey | None, header: OrderSet, order_set: OrderSet, text: str) -> Outcome:
-    history = call.store.orders_for(order_set.patient.key) if order_set.patient.key else []
+    history = call.store.orders_for(order_set.course_key) if order_set.course_key else []
     try:
         judgement = judge(order_set, history, call.protocol, tz=call.tz, received_at=call.received_at)
         response = build_response(judgement, call.now())
@@ -261,7 +268,7 @@ def _judge_and_save(call: Call, key: MessageKey | None, header: OrderSet, order_
         log.exception("internal error judging control_id=%s; answered AR %s", header.control_id, INTERNAL_ERROR_RULE)
         raise _InternalError from exc
     writes = Writes(
-        patient_key=order_set.patient.key,
+        patient_key=order_set.course_key,
         computed={str(v.order.placer_number or v.order.index): v.computed for v in judgement.orders if v.computed},
         new_orders=judgement.new_orders,
         cancellations=judgement.cancellations,
@@ -285,7 +292,7 @@ def _answer_again(
         f"control id {key.control_id} was already used by this sender for a different message; "
         "resend with a new MSH-10"
     )
-    rejection = Rejection("hl7.duplicate_control_id", "207", message, Location(segment="MSH", occurrence=1, field=10))
+    rejection = Rejection("hl7.duplicate_control_id", "205", message, Location(segment="MSH", occurrence=1, field=10))
     # not stored under the key (it belongs to the first message), but audited
     return _reject(call, None, header, rejection, text, time.perf_counter())
 

@@ -76,7 +76,7 @@ def judge(
         )
         for o in order_set.orders
     ]
-    patient_key = order_set.patient.key
+    patient_key = order_set.course_key
     cancellations: list[Cancellation] = []
 
     # Order control codes first: cancellations and unknown codes are not judged as orders.
@@ -241,7 +241,7 @@ def _placer(order: Order) -> str:
 
 def _history_entry(order: Order, order_set: OrderSet, protocol: Protocol, *, protocol_order: bool) -> HistoryEntry:
     return HistoryEntry(
-        patient_key=order_set.patient.key,
+        patient_key=order_set.course_key,
         sender=order_set.sender,
         placer_number=order.placer_number,
         placer_namespace=order.placer_namespace,
@@ -293,7 +293,7 @@ def _cancel(
             order.orc_location,
         ), verdict))
     return Cancellation(
-        patient_key=order_set.patient.key,
+        patient_key=order_set.course_key,
         sender=order_set.sender,
         placer_number=order.placer_number,
         placer_namespace=order.placer_namespace,

@@ -53,9 +53,8 @@ from .base import DoseContext, Rule
 
 RULE_ID = "go.premedication"
 
-# Order controls judged as new orders (the engine's list, validator/verdict.py): a cancellation
-# (CA/DC) or an unknown control in the same message is no evidence that a premed is given.
-_NEW_ORDER_CONTROLS = ("NW", "XO", "RP", "")
+# Only new orders (`Order.is_new`) are evidence: a cancellation (CA/DC) or an unknown control in
+# the same message is no evidence that a premed is given.
 
 
 # --- belonging ---------------------------------------------------------------------------------
@@ -87,7 +86,7 @@ def _nearest(start: datetime, candidates: list[tuple[object, datetime]], within_
 
 def _is_premed_evidence(order: Order, protocol: Protocol) -> bool:
     return (
-        order.control in _NEW_ORDER_CONTROLS
+        order.is_new
         and order.timing.start is not None
         and not order.timing.as_needed  # a rescue order prepares no dose
         and not is_protocol_drug(order.drug, protocol)
@@ -337,7 +336,7 @@ def check(ctx: DoseContext) -> list[Finding]:
     orders = ctx.message_orders
 
     # Belonging over every GO order of the message with a start, so the nearest dose wins.
-    message_go = [o for o in orders if o.control in _NEW_ORDER_CONTROLS and is_protocol_drug(o.drug, protocol)]
+    message_go = [o for o in orders if o.is_new and is_protocol_drug(o.drug, protocol)]
     belongs = belonging_premedications(ctx.order_set, message_go, protocol)
     mine = [o for o in orders if belongs.get(o.index) == ctx.dose.index]
 
@@ -369,7 +368,7 @@ def check(ctx: DoseContext) -> list[Finding]:
             text = _missing_text(ctx, premed)
             untimed = [
                 o for o in orders
-                if o.control in _NEW_ORDER_CONTROLS and o.timing.start is None and not o.timing.as_needed
+                if o.is_new and o.timing.start is None and not o.timing.as_needed
                 and (m := premedication_for(o.drug, protocol)) is not None and m[0].name == premed.name
             ]
             if untimed:

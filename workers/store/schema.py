@@ -141,10 +141,12 @@ class ResponseRow(Base):
 class MessageKeyRow(Base):
     __tablename__ = "message_keys"
     __table_args__ = (
-        UniqueConstraint("sending_application", "sending_facility", "control_id", name="uq_message_keys_sender_control"),
+        UniqueConstraint("processing_id", "sending_application", "sending_facility", "control_id",
+                         name="uq_message_keys_processing_sender_control"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    processing_id: Mapped[str] = mapped_column(String(FIELD_LEN), default="P", server_default="P")  # MSH-11.1 (0002)
     sending_application: Mapped[str] = mapped_column(String(FIELD_LEN))
     sending_facility: Mapped[str] = mapped_column(String(FIELD_LEN))
     control_id: Mapped[str] = mapped_column(String(FIELD_LEN))

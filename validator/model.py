@@ -74,7 +74,8 @@ class Observation(_Model):
     reference_range: str = ""
     abnormal_flags: str = ""
     status: str = ""
-    observed_at: datetime | None = None
+    observed_at: datetime | None = None  # the earliest instant OBX-14 may name (validator/hl7time.py)
+    observed_latest: datetime | None = None  # the latest, when OBX-14 is coarse or ambiguous
     order_index: int | None = None  # the order group it came in, if any
 
     @property
@@ -85,8 +86,13 @@ class Observation(_Model):
 class Timing(_Model):
     """Timing of one order, from TQ1 (v2.5+) or the TQ of RXE-1 / ORC-7 (v2.3/2.4)."""
 
-    start: datetime | None = None
+    start: datetime | None = None  # the earliest instant the start may name (validator/hl7time.py)
     end: datetime | None = None
+    # The latest instant, when the time is coarser than a minute or a wall-clock time the zone
+    # skips or repeats (None: exact); windows and limits are judged at the less favourable end.
+    start_latest: datetime | None = None
+    end_latest: datetime | None = None
+    start_has_time: bool = True  # False: a date alone (a GO start needs a time of day)
     service_duration: Quantity | None = None  # TQ1-6, e.g. 240^min
     priority: str = ""  # TQ1-9 / TQ-6, e.g. PRN
     condition: str = ""  # TQ1-10 / TQ-7
@@ -164,7 +170,8 @@ class OrderSet(_Model):
     sending_facility: str = ""
     receiving_application: str = ""
     receiving_facility: str = ""
-    message_time: datetime | None = None  # MSH-7
+    message_time: datetime | None = None  # MSH-7 (its earliest instant)
+    message_time_latest: datetime | None = None
     patient: Patient = Field(default_factory=Patient)
     pid_line: str = ""
     orders: list[Order] = []

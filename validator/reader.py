@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 
 from .er7 import Encoding, RawMessage, Segment, escape, unescape
 from .errors import MessageRejected
-from .hl7time import parse_date, parse_datetime
+from .hl7time import Moment, parse_date, parse_datetime, parse_moment
 from .model import Coded, Location, Observation, Order, OrderSet, Patient, Quantity, Timing
 
 SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
@@ -60,6 +60,7 @@ def read_header(raw: RawMessage, tz: tzinfo) -> OrderSet:
         receiving_application=msh.field(5),
         receiving_facility=msh.field(6),
         message_time=parse_datetime(msh.field(7), tz),
+        message_time_latest=_latest(parse_moment(msh.field(7), tz)),
     )
 
 
@@ -265,10 +266,10 @@ def _timing(state: _OrderState, tz: tzinfo) -> Timing:
     timing = Timing()
     tq1 = state.tq1_after or state.tq1_before
     if tq1 is not None:
-        timing.start = parse_datetime(tq1.component(7), tz)
+        _set_start(timing, parse_moment(tq1.component(7), tz))
         if tq1.field(7):
             timing.start_location = Location(segment="TQ1", occurrence=tq1.occurrence, field=7)
-        timing.end = parse_datetime(tq1.component(8), tz)
+        _set_end(timing, parse_moment(tq1.component(8), tz))
         if tq1.field(8):
             timing.end_location = Location(segment="TQ1", occurrence=tq1.occurrence, field=8)
         value = decimal_or_none(tq1.component(6, 1)) if len(tq1.repetitions(6)) <= 1 else None
@@ -288,10 +289,10 @@ def _timing(state: _OrderState, tz: tzinfo) -> Timing:
     if tq_source is not None:
         seg, n = tq_source
         if timing.start is None and seg.component(n, 4):
-            timing.start = parse_datetime(seg.component(n, 4), tz)
+            _set_start(timing, parse_moment(seg.component(n, 4), tz))
             timing.start_location = Location(segment=seg.name, occurrence=seg.occurrence, field=n)
         if timing.end is None and seg.component(n, 5):
-            timing.end = parse_datetime(seg.component(n, 5), tz)
+            _set_end(timing, parse_moment(seg.component(n, 5), tz))
             timing.end_location = Location(segment=seg.name, occurrence=seg.occurrence, field=n)
         if timing.service_duration is None:
             m = _TQ_DURATION.match(seg.component(n, 3))
@@ -309,6 +310,21 @@ def _timing(state: _OrderState, tz: tzinfo) -> Timing:
         if not timing.condition:
             timing.condition = seg.component(n, 7)
     return timing
+
+
+def _latest(moment: Moment | None) -> object:
+    return moment.latest if moment is not None and not moment.exact else None
+
+
+def _set_start(timing: Timing, moment: Moment | None) -> None:
+    timing.start = moment.earliest if moment else None
+    timing.start_latest = _latest(moment)  # type: ignore[assignment]
+    timing.start_has_time = moment.has_time_of_day if moment else True
+
+
+def _set_end(timing: Timing, moment: Moment | None) -> None:
+    timing.end = moment.earliest if moment else None
+    timing.end_latest = _latest(moment)  # type: ignore[assignment]
 
 
 def _read_patient(pid: Segment) -> Patient:
@@ -335,6 +351,7 @@ def _read_patient(pid: Segment) -> Patient:
 
 def _read_observation(seg: Segment, order_index: int | None, tz: tzinfo) -> Observation:
     value_type = seg.component(2).upper()
+    observed = parse_moment(seg.component(14), tz)
     units = coded(seg, 6)
     raw_value = seg.field(5)
     quantity: Quantity | None = None
@@ -363,7 +380,8 @@ def _read_observation(seg: Segment, order_index: int | None, tz: tzinfo) -> Obse
         reference_range=seg.component(7),
         abnormal_flags=seg.component(8),
         status=seg.component(11).upper(),
-        observed_at=parse_datetime(seg.component(14), tz),
+        observed_at=observed.earliest if observed else None,
+        observed_latest=_latest(observed),
         order_index=order_index,
     )
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from ..findings import Finding, finding, info
+from ..hl7time import gap_bounds, seconds_of
 from ..model import Location
 from ..units import factor, is_one_of, unit_label
 from .base import DoseContext, Rule
@@ -45,6 +46,9 @@ class Source:
     label: str  # how the message names it, with its HL7 fields
     minutes: Decimal
     location: Location | None
+
+
+_seconds = seconds_of
 
 
 def _plain(value: Decimal) -> str:
@@ -109,8 +113,12 @@ def sources(ctx: DoseContext) -> tuple[list[Source], list[Finding]]:
             ))
 
     if timing.start is not None and timing.end is not None:
-        delta = timing.end - timing.start
-        seconds = Decimal(delta.days * 86400 + delta.seconds) + Decimal(delta.microseconds) / Decimal(10**6)
+        # Exact instants; a skipped, repeated or coarse time gives a shortest and a longest reading,
+        # and the one further from the protocol's duration is judged (the less favourable to accepting).
+        shortest, longest = gap_bounds(timing.start, timing.end, earlier_latest=timing.start_latest,
+                                       later_latest=timing.end_latest)
+        delta = max((shortest, longest), key=lambda d: abs(_seconds(d) / SECONDS_PER_MINUTE - params.minutes))
+        seconds = _seconds(delta)
         start_where = timing.start_location or _default_location(7)
         end_where = timing.end_location or _default_location(8)
         if start_where.short() == end_where.short():  # v2.3/2.4: both in one TQ field (ORC-7, RXE-1)

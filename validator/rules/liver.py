@@ -80,7 +80,8 @@ def _judge(ctx: DoseContext, test: LiverTest, start: datetime) -> Finding | None
     window = exact_duration(params.max_age_hours, SECONDS_PER_HOUR)
 
     def recent(candidates: list[Observation]) -> LabChoice:
-        return recent_result(candidates, start, window, what=test.name, limit=limit, tz=ctx.tz, in_days=False)
+        return recent_result(candidates, start, window, what=test.name, limit=limit, tz=ctx.tz, in_days=False,
+                             start_latest=ctx.dose.timing.start_latest)
 
     coded, by_text = _candidates(ctx.observations, test)
     choice = first_usable(recent(coded), recent(by_text))

@@ -39,12 +39,13 @@ Accepted::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 from ..drugs import is_protocol_drug, premedication_for
 from ..findings import Finding, finding
 from ..history import HistoryEntry
+from ..hl7time import gap_bounds, seconds_of
 from ..model import Coded, Location, Order, OrderSet
 from ..observations import percent_off, weight_kg
 from ..protocol import Equivalent, Premedication, Protocol
@@ -61,14 +62,35 @@ _NEW_ORDER_CONTROLS = ("NW", "XO", "RP", "")
 # --- belonging ---------------------------------------------------------------------------------
 
 
-def _seconds(delta: timedelta) -> Decimal:
-    """A time difference in exact Decimal seconds (no binary float)."""
-    return Decimal(delta.days * 86400 + delta.seconds) + Decimal(delta.microseconds) / Decimal(1_000_000)
+_seconds = seconds_of
 
 
-def _nearest(start: datetime, candidates: list[tuple[object, datetime]], within_hours: Decimal) -> object | None:
+@dataclass(frozen=True)
+class Start:
+    """A start time as the earliest and latest instants it may name (validator/hl7time.py)."""
+
+    earliest: datetime
+    latest: datetime
+
+    @classmethod
+    def of(cls, at: datetime, latest: datetime | None = None) -> Start:
+        return cls(at, latest or at)
+
+
+def _closest_distance(a: Start, b: Start) -> Decimal:
+    """The shortest distance, in seconds, between any instants the two starts may name (0 when they overlap)."""
+    if a.latest < b.earliest:
+        return _seconds(b.earliest - a.latest)
+    if b.latest < a.earliest:
+        return _seconds(a.earliest - b.latest)
+    return Decimal(0)
+
+
+def _nearest(start: Start, candidates: list[tuple[object, Start]], within_hours: Decimal) -> object | None:
     """The key of the GO start nearest to `start`, if within the window (inclusive).
 
+    A premed that may fall inside a dose's window at any reading of the two times belongs to it
+    (then it is judged, and refused with a refused dose: the less favourable reading).
     A tie (a premed exactly halfway between two GO starts) goes to the dose that starts
     after it: premedications are given before the dose they prepare. Then the first listed.
     """
@@ -76,13 +98,17 @@ def _nearest(start: datetime, candidates: list[tuple[object, datetime]], within_
     best: tuple[Decimal, int, int] | None = None
     best_key: object | None = None
     for position, (key, go_start) in enumerate(candidates):
-        distance = abs(_seconds(go_start - start))
-        if distance > limit:
+        if _closest_distance(start, go_start) > limit:
             continue
-        rank = (distance, 0 if go_start >= start else 1, position)
+        distance = abs(_seconds(go_start.earliest - start.earliest))
+        rank = (distance, 0 if go_start.earliest >= start.earliest else 1, position)
         if best is None or rank < best:
             best, best_key = rank, key
     return best_key
+
+
+def _order_start(order: Order) -> Start:
+    return Start.of(order.timing.start, order.timing.start_latest)  # type: ignore[arg-type]
 
 
 def _is_premed_evidence(order: Order, protocol: Protocol) -> bool:
@@ -100,7 +126,7 @@ def belonging_premedications(order_set: OrderSet, go_doses: list[Order], protoco
 
     GO doses without a start, and premeds without a start or marked as needed, take no part.
     """
-    candidates = [(go.index, go.timing.start) for go in go_doses if go.timing.start is not None]
+    candidates = [(go.index, _order_start(go)) for go in go_doses if go.timing.start is not None]
     if not candidates:
         return {}
     within = protocol.premedication.belongs_within_hours
@@ -108,7 +134,7 @@ def belonging_premedications(order_set: OrderSet, go_doses: list[Order], protoco
     for order in order_set.orders:
         if not _is_premed_evidence(order, protocol):
             continue
-        key = _nearest(order.timing.start, candidates, within)  # type: ignore[arg-type]
+        key = _nearest(_order_start(order), candidates, within)
         if key is not None:
             out[order.index] = key  # type: ignore[assignment]
     return out
@@ -209,6 +235,7 @@ class _Given:
     drug_name: str
     equivalent: Equivalent | None
     start: datetime
+    start_latest: datetime | None
     amounts: list[tuple[str, Decimal | None, str]]  # (field, amount, raw) — RXE-3 and a differing RXE-4
     units: Coded
     route: Coded | None
@@ -225,6 +252,7 @@ def _from_order(order: Order, drug_name: str, equivalent: Equivalent | None) -> 
     return _Given(
         label=f"{drug_name} {placer}", drug_name=drug_name, equivalent=equivalent,
         start=order.timing.start,  # type: ignore[arg-type]
+        start_latest=order.timing.start_latest,
         amounts=amounts, units=order.amount_units, route=order.route,
         dose_location=order.amount_location, route_location=order.route_location,
         window_location=order.timing.start_location,
@@ -238,6 +266,7 @@ def _from_history(entry: HistoryEntry, drug_name: str, equivalent: Equivalent | 
     return _Given(
         label=f"{drug_name} {placer} (accepted earlier, message {entry.control_id})",
         drug_name=drug_name, equivalent=equivalent, start=entry.start,  # type: ignore[arg-type]
+        start_latest=None,
         amounts=[("dose", entry.amount, str(entry.amount) if entry.amount is not None else "")],
         units=Coded(code=entry.amount_units),
         route=Coded(code=entry.route, text=entry.route) if entry.route else None,
@@ -301,9 +330,14 @@ def _judge(ctx: DoseContext, premed: Premedication, given: _Given, audit: dict) 
     # Window: minutes before the GO start, exact to the second, inclusive.
     if ctx.start is None:
         return out
-    minutes_before = _seconds(ctx.start - given.start) / Decimal(60)
-    audit["minutes_before"] = _fmt(minutes_before, "0.0001")
+    # Exact instants; a skipped, repeated or coarse time is judged at its reading outside the window.
+    shortest, longest = gap_bounds(given.start, ctx.start, earlier_latest=given.start_latest,
+                                   later_latest=ctx.dose.timing.start_latest)
     w = premed.window
+    minutes_before = _seconds(shortest) / Decimal(60)
+    if minutes_before >= w.min_minutes_before:
+        minutes_before = _seconds(longest) / Decimal(60)
+    audit["minutes_before"] = _fmt(minutes_before, "0.0001")
     if minutes_before < 0:
         out.append(finding(RULE_ID, severity,
                            f"{given.label} starts {_fmt(-minutes_before)} min after the GO start "
@@ -342,15 +376,16 @@ def check(ctx: DoseContext) -> list[Finding]:
     mine = [o for o in orders if belongs.get(o.index) == ctx.dose.index]
 
     # History premeds: the nearest GO start among this message's and the history's GO doses.
-    go_starts: list[tuple[object, datetime]] = [
-        (("message", o.index), o.timing.start) for o in message_go if o.timing.start is not None
+    go_starts: list[tuple[object, Start]] = [
+        (("message", o.index), _order_start(o)) for o in message_go if o.timing.start is not None
     ]
-    go_starts += [(("history", i), h.start) for i, h in enumerate(ctx.history) if h.protocol_order and h.start]
+    go_starts += [(("history", i), Start.of(h.start)) for i, h in enumerate(ctx.history)
+                  if h.protocol_order and h.start]
     earlier: list[HistoryEntry] = [
         h for h in ctx.history
         if not h.protocol_order and not h.as_needed and h.start is not None
         and premedication_for(h.drug, protocol) is not None
-        and _nearest(h.start, go_starts, params.belongs_within_hours) == ("message", ctx.dose.index)
+        and _nearest(Start.of(h.start), go_starts, params.belongs_within_hours) == ("message", ctx.dose.index)
     ]
 
     findings: list[Finding] = []

@@ -94,6 +94,12 @@ def check(ctx: DoseContext) -> list[Finding]:
                 if timing.start_location else
                 "the GO order has no start time (TQ1-7, or the TQ start of RXE-1 / ORC-7)")
         return [finding(RULE_ID, params.severity, f"{seen}: its course day cannot be determined", where)]
+    if not timing.start_has_time:
+        # A date alone covers the whole day: the premed windows, infusion and recency limits cannot
+        # be judged against it (docs/protocol.md, "Times").
+        return [finding(RULE_ID, params.severity,
+                        f"the GO order's start ({where.short()}) is a date without a time of day: the dose's "
+                        "start must be given at least to the minute", where)]
     start_date = ctx.start_date
     course = current_course(ctx)
     course_length = timedelta(days=params.course_days)

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from .drugs import is_protocol_drug
 from .findings import Finding, error, info
 from .history import Cancellation, HistoryEntry
-from .model import Location, Order, OrderSet
+from .model import Location, Observation, Order, OrderSet
 from .observations import usable_observations
 from .protocol import Protocol, ProtocolSet
 from .rules import DOSE_RULES
@@ -70,7 +70,6 @@ def judge(
     """
     protocols = protocol if isinstance(protocol, ProtocolSet) else ProtocolSet(protocol)
     protocol = protocols.default
-    observations, message_findings = usable_observations(order_set, protocol, received_at)
     verdicts = [
         OrderVerdict(
             order=o, protocol_order=any(is_protocol_drug(o.drug, p) for p in protocols.protocols), control="OK"
@@ -123,6 +122,10 @@ def judge(
         )
     ]
 
+    # The protocol of each GO order governs everything about it, its observation validity window included.
+    dose_protocols = {v.order.index: p for v in to_judge if v.protocol_order and (p := protocols.for_order(v.order))}
+    observations_by_protocol, message_findings = _usable_observations(
+        order_set, [protocol, *dose_protocols.values()], received_at)
     go_doses = sorted(
         (v for v in to_judge if v.protocol_order),
         key=lambda v: (v.order.timing.start is None, v.order.timing.start or datetime.min, v.order.index),
@@ -151,10 +154,12 @@ def judge(
             dose=order,
             protocol=dose_protocol,
             history=course + accepted_now,
-            observations=observations,
+            observations=observations_by_protocol[dose_protocol.id],
             tz=tz,
             received_at=received_at,
             age_years=age_in_years(order_set.patient.birth_date, order.timing.start, tz),
+            dose_protocols=dose_protocols,
+            known_protocols={p.id: p for p in protocols.protocols},
         )
         for rule in DOSE_RULES:
             for found in rule.check(ctx):
@@ -169,7 +174,8 @@ def judge(
     # A GO order refused before judging (unprocessed ORC-1, no RXE) is a refused GO dose too.
     refused_early = [v for v in verdicts if v.protocol_order and v.control == "UA" and v not in go_doses]
     refused_doses = {v.order.index for v in go_doses + refused_early if v.control == "UA"}
-    belongs = belonging_premedications(order_set, [v.order for v in go_doses + refused_early], protocol)
+    belongs = belonging_premedications(order_set, [v.order for v in go_doses + refused_early], protocol,
+                                       dose_protocols)
     for verdict in to_judge:
         if verdict.protocol_order:
             continue
@@ -216,6 +222,26 @@ def judge(
         new_orders=new_orders,
         cancellations=cancellations,
     )
+
+
+def _usable_observations(
+    order_set: OrderSet, used: list[Protocol], received_at: datetime
+) -> tuple[dict[str, list[Observation]], list[Finding]]:
+    """The usable observations under each protocol in use, and their `go.observation_time` warnings
+    (once per observation: the first protocol's message, in the order given)."""
+    by_protocol: dict[str, list[Observation]] = {}
+    findings: list[Finding] = []
+    reported: set[str] = set()
+    for each in used:
+        if each.id in by_protocol:
+            continue
+        by_protocol[each.id], found = usable_observations(order_set, each, received_at)
+        for f in found:
+            where = f.location.err2() if f.location else ""
+            if where not in reported:
+                reported.add(where)
+                findings.append(f)
+    return by_protocol, findings
 
 
 def _selector_location(order: Order, field: str) -> Location | None:

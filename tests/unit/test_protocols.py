@@ -178,10 +178,10 @@ def test_unknown_selector_field_is_a_protocol_error():
         load_protocol_set(SEED, "PID-3")
 
 
-def test_courses_are_per_protocol():
-    """A label dose does not count in the seed protocol's course (history is filtered by protocol id)."""
+def test_courses_span_protocols():
+    """A label dose counts in the patient's course: a seed dose 4 days later is refused (docs/protocol.md, one course)."""
     store = InMemoryStore()
     run(with_indication(label_dose_message("C1", "20261201"), "GO-LABEL-3MG"), store, protocol=both())
     seed = run(go_dose_message("C2", "20261205", placer="S2", premed_placers=("a", "b", "c")), store, protocol=both())
-    assert "go.schedule" not in rules_of(seed.result["orders"][0])
+    assert "go.schedule" in rules_of(seed.result["orders"][0])
     _ = UTC

@@ -38,6 +38,7 @@ Accepted::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -121,22 +122,35 @@ def _is_premed_evidence(order: Order, protocol: Protocol) -> bool:
     )
 
 
-def belonging_premedications(order_set: OrderSet, go_doses: list[Order], protocol: Protocol) -> dict[int, int]:
-    """Map premedication order index -> index of the GO dose it prepares (nearest start within the window).
+def belonging_premedications(
+    order_set: OrderSet, go_doses: list[Order], protocol: Protocol,
+    protocol_of: Mapping[int, Protocol] | None = None,
+) -> dict[int, int]:
+    """Map premedication order index -> index of the GO dose it prepares.
 
+    A premed order belongs to the nearest GO start whose protocol (`protocol_of[go index]`, else
+    `protocol`) counts it as a premedication drug and whose belonging window contains it
+    (docs/protocol.md: the order's protocol governs which premeds belong to it).
     GO doses without a start, and premeds without a start or marked as needed, take no part.
     """
-    candidates = [(go.index, _order_start(go)) for go in go_doses if go.timing.start is not None]
-    if not candidates:
+    protocol_of = protocol_of or {}
+    doses = [(go, protocol_of.get(go.index, protocol)) for go in go_doses if go.timing.start is not None]
+    if not doses:
         return {}
-    within = protocol.premedication.belongs_within_hours
     out: dict[int, int] = {}
     for order in order_set.orders:
-        if not _is_premed_evidence(order, protocol):
-            continue
-        key = _nearest(_order_start(order), candidates, within)
-        if key is not None:
-            out[order.index] = key  # type: ignore[assignment]
+        start = _order_start(order) if order.timing.start is not None else None
+        best: tuple[Decimal, int, int] | None = None
+        for position, (go, dose_protocol) in enumerate(doses):
+            if start is None or not _is_premed_evidence(order, dose_protocol):
+                continue
+            go_start = _order_start(go)
+            if _closest_distance(start, go_start) > dose_protocol.premedication.belongs_within_hours * 3600:
+                continue
+            rank = (abs(_seconds(go_start.earliest - start.earliest)),
+                    0 if go_start.earliest >= start.earliest else 1, position)
+            if best is None or rank < best:
+                best, out[order.index] = rank, go.index
     return out
 
 
@@ -370,9 +384,12 @@ def check(ctx: DoseContext) -> list[Finding]:
     params = protocol.premedication
     orders = ctx.message_orders
 
-    # Belonging over every GO order of the message with a start, so the nearest dose wins.
-    message_go = [o for o in orders if o.control in _NEW_ORDER_CONTROLS and is_protocol_drug(o.drug, protocol)]
-    belongs = belonging_premedications(ctx.order_set, message_go, protocol)
+    # Belonging over every GO order of the message with a start, so the nearest dose wins; each
+    # dose's own protocol says which drugs are its premeds and how far its window reaches.
+    message_go = [o for o in orders if o.control in _NEW_ORDER_CONTROLS
+                  and (o.index in ctx.dose_protocols or is_protocol_drug(o.drug, protocol))]
+    belongs = belonging_premedications(ctx.order_set, message_go, protocol,
+                                       {**ctx.dose_protocols, ctx.dose.index: protocol})
     mine = [o for o in orders if belongs.get(o.index) == ctx.dose.index]
 
     # History premeds: the nearest GO start among this message's and the history's GO doses.

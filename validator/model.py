@@ -58,9 +58,16 @@ class Location(_Model):
 class Quantity(_Model):
     """A number with its unit as sent; `comparator` keeps a bound such as `>` of SN `>^90`."""
 
-    value: Decimal
+    value: Decimal  # a range's lower end
     unit: Coded = Field(default_factory=Coded)
     comparator: str = ""
+    upper: Decimal | None = None  # a range's upper end (`30-40`, SN `30^-^40`)
+
+    @property
+    def high(self) -> Decimal:
+        """The upper end of a range, else the value: what a rule reads when a high value refuses
+        (WBC, liver tests); the lower end (`value`) when a low value refuses (CD33)."""
+        return self.upper if self.upper is not None else self.value
 
 
 class Observation(_Model):

@@ -99,6 +99,8 @@ def _body_measure(
         return Measure(None, None, f"no {what} observation")
     if obs.quantity is None:
         return Measure(None, obs, f"{what} value {obs.raw_value!r} is not a number")
+    if obs.quantity.upper is not None:
+        return Measure(None, obs, f"{what} value {obs.raw_value!r} is a range, not a measured value")
     unit_factor = factor(obs.units, table)
     if unit_factor is None:
         return Measure(None, obs, f"{what} unit {unit_label(obs.units)!r} is not known")

@@ -359,14 +359,17 @@ def _read_observation(seg: Segment, order_index: int | None, tz: tzinfo) -> Obse
         pass  # several numbers in one result (8~45): which one is meant cannot be known -> no number
     elif value_type == "SN":
         # SN: comparator ^ num1 ^ separator/suffix ^ num2. "25^+" is "25 or more" (a lower bound);
-        # "1^:^10" or "1^/^10" is a ratio, not a count; "30^-^40" a range, read as its lower value.
+        # "1^:^10" or "1^/^10" is a ratio, not a count; "30^-^40" a range: both ends are kept, and each
+        # rule reads the end least favourable to accepting (Quantity.high / value).
         comparator = seg.component(5, 1)
         first = decimal_or_none(seg.component(5, 2))
         separator = seg.component(5, 3)
         if separator == "+" and not comparator:
             comparator = ">="
+        second = decimal_or_none(seg.component(5, 4)) if separator == "-" else None
         if first is not None and separator in ("", "-", "+"):
-            quantity = Quantity(value=first, unit=units, comparator=comparator)
+            quantity = Quantity(value=first, unit=units, comparator=comparator,
+                                upper=second if second is not None and second >= first and not comparator else None)
     else:
         quantity = text_quantity(seg.component(5, 1) if value_type in ("NM", "") else _leaf_text(seg, 5), units)
     return Observation(
@@ -399,8 +402,10 @@ def text_quantity(text: str, units: Coded) -> Quantity | None:
     if m:
         return Quantity(value=Decimal(m.group(2)), unit=units if not m.group(3) else Coded(code="%"), comparator=m.group(1) or "")
     m = _TEXT_RANGE.match(text)
-    if m:  # a range "30-40" counts as its lower value (docs/protocol.md)
-        return Quantity(value=Decimal(m.group(1)), unit=units if not (m.group(2) or m.group(4)) else Coded(code="%"))
+    if m:  # a range "30-40": both ends kept; each rule reads the end least favourable to accepting
+        low, high = Decimal(m.group(1)), Decimal(m.group(3))
+        return Quantity(value=low, upper=high if high >= low else None,
+                        unit=units if not (m.group(2) or m.group(4)) else Coded(code="%"))
     return None
 
 

@@ -1,5 +1,5 @@
-"""The order's own protocol governs everything about that order (docs/protocol.md, "Which protocol
-judges an order"): the premeds refused with it (go.orderset), which steroids count, the
+"""The order's own protocol governs everything about that order (docs/protocol.md, "Which orders
+are protocol orders"): the premeds refused with it (go.orderset), which steroids count, the
 observation validity window and the premed belonging window — not the service's default."""
 
 from __future__ import annotations

@@ -179,7 +179,7 @@ def test_unknown_selector_field_is_a_protocol_error():
 
 
 def test_courses_span_protocols():
-    """A label dose counts in the patient's course: a seed dose 4 days later is refused (docs/protocol.md, one course)."""
+    """A label dose counts in the patient's course: a seed dose 4 days later is refused (docs/protocol.md, "Course")."""
     store = InMemoryStore()
     run(with_indication(label_dose_message("C1", "20261201"), "GO-LABEL-3MG"), store, protocol=both())
     seed = run(go_dose_message("C2", "20261205", placer="S2", premed_placers=("a", "b", "c")), store, protocol=both())

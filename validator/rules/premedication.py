@@ -52,6 +52,7 @@ from ..observations import percent_off, weight_kg
 from ..protocol import Equivalent, Premedication, Protocol
 from ..units import factor, unit_label
 from .base import DoseContext, Rule
+from .route import read_route
 
 RULE_ID = "go.premedication"
 
@@ -218,19 +219,13 @@ def _expected(ctx: DoseContext, premed: Premedication, equivalent: Equivalent | 
     return _Expected(expected, low, high, description, short, max_mg=cap if high == cap else None)
 
 
-def _route_code(route: Coded | None, routes: list[str], route_text: dict[str, str]) -> str | None:
-    """The allowed route code this RXR-1 stands for, or None."""
+def _route_code(route: Coded | None, routes: list[str], protocol: Protocol) -> tuple[str | None, str]:
+    """(the allowed route code this RXR-1 stands for, or None; why it is unreadable) — by code first."""
     if route is None:
-        return None
+        return None, ""
+    code, problem = read_route(route, protocol, protocol.premedication.route_text)
     allowed = {r.upper(): r for r in routes}
-    code = route.code.strip().upper()
-    if code in allowed:
-        return allowed[code]
-    text = f"{route.code} {route.text} {route.more_text}".lower()
-    for fragment, mapped in route_text.items():
-        if fragment.lower() in text and mapped.upper() in allowed:
-            return allowed[mapped.upper()]
-    return None
+    return (allowed.get(code) if code else None), problem
 
 
 def _window_text(premed: Premedication) -> str:
@@ -336,10 +331,9 @@ def _judge(ctx: DoseContext, premed: Premedication, given: _Given, audit: dict) 
     if given.route is None or not (given.route.code or given.route.text):
         out.append(finding(RULE_ID, severity, f"{given.label}: no route (RXR-1); expected {routes}",
                            given.route_location or given.dose_location))
-    elif _route_code(given.route, premed.routes, params.route_text) is None:
-        out.append(finding(RULE_ID, severity,
-                           f"{given.label}: route {given.route.label()!r} is not allowed; expected {routes}",
-                           given.route_location))
+    elif (read := _route_code(given.route, premed.routes, ctx.protocol))[0] is None:
+        why = read[1] or f"route {given.route.label()!r} is not allowed"
+        out.append(finding(RULE_ID, severity, f"{given.label}: {why}; expected {routes}", given.route_location))
 
     # Window: minutes before the GO start, exact to the second, inclusive.
     if ctx.start is None:

@@ -105,8 +105,8 @@ def _severity_key(obs: Observation, table: dict[str, Decimal]) -> tuple[int, Dec
     if comparator not in ("", "=", "<", "<=", ">", ">="):
         return (3, Decimal(0))
     if comparator in (">", ">="):
-        return (2, obs.quantity.value * unit_factor)
-    return (1, obs.quantity.value * unit_factor)
+        return (2, obs.quantity.high * unit_factor)
+    return (1, obs.quantity.high * unit_factor)
 
 
 def _cytoreduction(ctx: DoseContext, start: datetime) -> tuple[list[str], list[str]]:
@@ -208,8 +208,11 @@ def check(ctx: DoseContext) -> list[Finding]:
                                 obs.location))
         return findings
     comparator = obs.quantity.comparator.strip()
-    wbc = obs.quantity.value * unit_factor
-    seen = f"WBC {comparator}{num(obs.quantity.value)} {unit_label(obs.units)}"
+    # A range is read at its upper end (a count that may be >= the threshold needs cytoreduction).
+    wbc = obs.quantity.high * unit_factor
+    seen = f"WBC {comparator}{num(obs.quantity.high)} {unit_label(obs.units)}"
+    if obs.quantity.upper is not None:
+        seen = f"WBC {num(obs.quantity.value)}-{num(obs.quantity.upper)} {unit_label(obs.units)} (upper end read)"
     if unit_factor != 1:
         seen += f" = {comparator}{num(wbc)} {UNIT}"
     seen += f" (observed {dated})"

@@ -67,7 +67,14 @@ def test_a_route_text_counts_only_when_the_code_is_empty():
 
 
 def test_a_route_code_of_another_system_counts_only_through_the_route_map():
-    assert go(judge_text(adult_order_set(go=go_order(route="47625008^Intravenous route^SCT")))).control == "OK"
+    from validator import load_protocol
+    from validator.protocol import RouteCode
+
+    snomed = "47625008^Intravenous route^SCT"
+    assert go(judge_text(adult_order_set(go=go_order(route=snomed)))).control == "UA"  # bundled: no map
+    mapped = load_protocol().model_copy(update={"route_codes": [RouteCode(systems=["SCT"], code="47625008",
+                                                                          route="IV")]})
+    assert go(judge_text(adult_order_set(go=go_order(route=snomed)), protocol=mapped)).control == "OK"
     unknown = go(judge_text(adult_order_set(go=go_order(route="IV^Intravenous^LOCALROUTES"))))
     assert unknown.control == "UA" and "go.route" in rules_of(unknown)
     assert "route map" in text_of(unknown)

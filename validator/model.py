@@ -100,6 +100,7 @@ class Timing(_Model):
     start_latest: datetime | None = None
     end_latest: datetime | None = None
     start_has_time: bool = True  # False: a date alone (a GO start needs a time of day)
+    several_starts: str = ""  # why the order plans more than one administration ('' = one)
     service_duration: Quantity | None = None  # TQ1-6, e.g. 240^min
     priority: str = ""  # TQ1-9 / TQ-6, e.g. PRN
     condition: str = ""  # TQ1-10 / TQ-7

@@ -188,6 +188,7 @@ class _OrderState:
         self.rxo: Segment | None = None
         self.tq1_before: Segment | None = None  # TIMING group (before RXO)
         self.tq1_after: Segment | None = None  # TIMING_ENCODED group (after RXE)
+        self.tq1_count = 0  # every TQ1 of the group: more than one plans more than one start
         self.rxr_before: list[Segment] = []
         self.rxr_after: list[Segment] = []
 
@@ -224,6 +225,7 @@ def _read_order_segment(state: _OrderState, seg: Segment, tz: tzinfo) -> None:
     elif name == "RXR":
         (state.rxr_after if state.rxe else state.rxr_before).append(seg)
     elif name == "TQ1":
+        state.tq1_count += 1
         if state.rxe and state.tq1_after is None:
             state.tq1_after = seg
         elif not state.rxe and state.tq1_before is None:
@@ -281,6 +283,7 @@ def _timing(state: _OrderState, tz: tzinfo) -> Timing:
             timing.duration_location = Location(segment="TQ1", occurrence=tq1.occurrence, field=6)
         timing.priority = "~".join(tq1.component(9, 1, r) for r in range(len(tq1.repetitions(9))))
         timing.condition = tq1.component(10)
+    timing.several_starts = _several_starts(state, tq1)
     tq_source: tuple[Segment, int] | None = None
     if state.rxe is not None and state.rxe.field(1):
         tq_source = (state.rxe, 1)
@@ -310,6 +313,39 @@ def _timing(state: _OrderState, tz: tzinfo) -> Timing:
         if not timing.condition:
             timing.condition = seg.component(n, 7)
     return timing
+
+
+_ONCE = ("", "ONCE")
+_TQ_REPEATS = re.compile(r"^X(\d+)$", re.I)
+
+
+def _several_starts(state: _OrderState, tq1: Segment | None) -> str:
+    """Why the order plans more than one administration ('' when it plans one): docs/protocol.md,
+    "One start per GO order". A repeat field that cannot be read counts as more than one start."""
+    if state.tq1_count > 1:
+        return f"{state.tq1_count} TQ1 segments"
+    if tq1 is not None:
+        pattern = tq1.component(3).strip().upper()
+        if pattern not in _ONCE or len(tq1.repetitions(3)) > 1:
+            return f"TQ1-3 repeat pattern {tq1.field(3)!r}"
+        total = tq1.component(14).strip()
+        if total and (decimal_or_none(total) is None or decimal_or_none(total) != 1):
+            return f"TQ1-14 total occurrences {total!r}"
+        if len([r for r in tq1.repetitions(4) if r.strip()]) > 1:
+            return f"several TQ1-4 explicit times {tq1.field(4)!r}"
+    for seg, n in ((state.rxe, 1), (state.orc, 7)):
+        if seg is None or not seg.field(n):
+            continue
+        if len(seg.repetitions(n)) > 1:
+            return f"{seg.name}-{n} repeats its timing ({len(seg.repetitions(n))} TQ repetitions)"
+        interval = seg.component(n, 2).strip().upper()
+        if interval not in _ONCE:
+            return f"{seg.name}-{n} interval {interval!r}"
+        duration = seg.component(n, 3).strip()
+        repeats = _TQ_REPEATS.match(duration)
+        if repeats and int(repeats.group(1)) != 1:
+            return f"{seg.name}-{n} duration {duration!r} ({repeats.group(1)} times)"
+    return ""
 
 
 def _latest(moment: Moment | None) -> object:

@@ -140,3 +140,44 @@ def test_a_weight_range_is_not_a_weight():
                                                      value_type="ST", time="20261130090000")})
     assert "go.dose" in rules_of(go(judge_labs(observations)))
     _ = ACETAMINOPHEN, premed_order
+
+
+# --- one start per GO order ---------------------------------------------------------------------------------
+
+import pytest  # noqa: E402
+
+from tests.builders import GO_DRUG, message, msh, orc, pid, pv1, rxe, rxr, standard_observations  # noqa: E402
+
+
+def _go_with_timing(*timing: str, version: str = "2.5.1", rxe1: str = "", orc7: str = "") -> str:
+    order = [orc("ORD1001").replace("ORC|NW|ORD1001||GRP501|||", f"ORC|NW|ORD1001||GRP501|||{orc7}")]
+    give = rxe(GO_DRUG, "15.2")
+    order.append(give.replace("RXE||", f"RXE|{rxe1}|", 1))
+    order += list(timing) + [rxr()] + standard_observations()
+    return message(msh(version=version), pid(), pv1(), order, standard_premeds())
+
+
+@pytest.mark.parametrize("timing", [
+    ["TQ1|1|||||240^min|20261201100000|20261201140000", "TQ1|2|||||240^min|20261214100000|20261214140000"],
+    ["TQ1|1||Q14D|||240^min|20261201100000|20261201140000"],
+    ["TQ1|1|||||240^min|20261201100000|20261201140000||||||2"],
+    ["TQ1|1|||1000~2200||240^min|20261201100000|20261201140000"],
+    ["TQ1|1|||||240^min|20261201100000|20261201140000||||||two"],
+])
+def test_a_go_order_that_plans_more_than_one_start_is_refused(timing):
+    verdict = go(judge_text(_go_with_timing(*timing)))
+    assert verdict.control == "UA" and "go.schedule" in rules_of(verdict)
+    assert "one order per dose: this order plans more than one start" in text_of(verdict)
+
+
+def test_a_go_order_planned_once_is_accepted():
+    once = "TQ1|1||ONCE|||240^min|20261201100000|20261201140000||||||1"
+    assert go(judge_text(_go_with_timing(once))).control == "OK"
+
+
+@pytest.mark.parametrize("tq", ["^Q14D^M240^20261201100000^20261201140000",
+                                "^^X2^20261201100000^20261201140000",
+                                "^^M240^20261201100000^20261201140000~^^M240^20261214100000^20261214140000"])
+def test_a_v23_go_order_that_repeats_is_refused(tq):
+    text = _go_with_timing(rxe1=tq, version="2.4")
+    assert "one order per dose" in text_of(go(judge_text(text)))

@@ -10,8 +10,11 @@ a course has at most `len(schedule.days)` doses, and a dose may not start
 before the latest accepted dose of its course. Prior doses are the patient's
 course history (earlier accepted orders) plus this message's doses already
 accepted, in start order. Days are calendar dates in the service's time zone.
-A GO order with no start time (no TQ1-7, no TQ start) cannot be placed in a
-course and is refused.
+A GO order with no start time (no TQ1-7, no TQ start), or a start without a
+time of day, cannot be placed in a course and is refused; so is a GO order that
+plans more than one start (several TQ1, a TQ1-3 repeat pattern other than
+`ONCE`, TQ1-14 > 1, several TQ1-4 times; in v2.3/2.4 a repeated TQ, an interval
+other than `ONCE`, a duration `X`n with n > 1): one order per dose.
 
 Refused (day 1 accepted on 2026-12-01; this dose is course day 8)::
 
@@ -106,6 +109,9 @@ def check(ctx: DoseContext) -> list[Finding]:
                 if timing.start_location else
                 "the GO order has no start time (TQ1-7, or the TQ start of RXE-1 / ORC-7)")
         return [finding(RULE_ID, params.severity, f"{seen}: its course day cannot be determined", where)]
+    if timing.several_starts:
+        return [finding(RULE_ID, params.severity,
+                        f"one order per dose: this order plans more than one start ({timing.several_starts})", where)]
     if not timing.start_has_time:
         # A date alone covers the whole day: the premed windows, infusion and recency limits cannot
         # be judged against it (docs/protocol.md, "Times").

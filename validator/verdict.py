@@ -278,6 +278,7 @@ def _history_entry(order: Order, order_set: OrderSet, protocol: Protocol, *, pro
         protocol_id=protocol.id if protocol_order else "",
         start=order.timing.start,
         amount=order.amount,
+        amount_max=order.amount_max,
         amount_units=order.amount_units.code or order.amount_units.text,
         route=(order.route.code or order.route.text) if order.route else "",
         as_needed=order.timing.as_needed,

@@ -113,7 +113,7 @@ def test_label_accepts_dexamethasone_equivalent_seed_does_not():
     premeds = standard_premeds()[:8] + premed_order("ORD1004", "3264^dexamethasone^RXNORM", "11.6",
                                                     route="IV^Intravenous^HL70162", start="20261201094000")
     text = label_dose_message("D1", "20261201")
-    text = text.split("ORC|NW|ORD1002")[0].rstrip("\r") + "\r" + "\r".join(premeds) + "\r"
+    text = text.split("ORC|NW|ORD1001-A")[0].rstrip("\r") + "\r" + "\r".join(premeds) + "\r"
     assert run(text, protocol=load_protocol(LABEL)).ack_code == "AA"
     seed_text = adult_order_set("D2", premeds=premeds)
     assert "go.premedication" in rules_of(run(seed_text, protocol=load_protocol(SEED)).result["orders"][0])

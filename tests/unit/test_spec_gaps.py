@@ -181,3 +181,70 @@ def test_a_go_order_planned_once_is_accepted():
 def test_a_v23_go_order_that_repeats_is_refused(tq):
     text = _go_with_timing(rxe1=tq, version="2.4")
     assert "one order per dose" in text_of(go(judge_text(text)))
+
+
+# --- premeds add up, wherever they come from ------------------------------------------------------------------
+
+from datetime import datetime as _datetime  # noqa: E402
+
+from tests.builders import DIPHENHYDRAMINE, UTC  # noqa: E402
+
+
+def test_two_acetaminophen_orders_for_one_dose_are_totalled():
+    split = standard_premeds() + premed_order("ORD1009", ACETAMINOPHEN, "650", start="20261201091500")
+    verdict = go(judge_text(adult_order_set(premeds=split)))
+    assert verdict.control == "UA" and "go.premedication" in rules_of(verdict)
+    assert "acetaminophen total 1300 mg" in text_of(verdict)
+
+
+def test_a_premed_split_in_two_halves_adds_up_to_the_dose():
+    premeds = standard_premeds(acetaminophen="325") + premed_order("ORD1009", ACETAMINOPHEN, "325",
+                                                                    start="20261201091500")
+    verdict = go(judge_text(adult_order_set(premeds=premeds)))
+    assert verdict.control == "OK", text_of(verdict)
+
+
+def test_a_prn_order_does_not_count_in_the_total():
+    premeds = standard_premeds() + premed_order("ORD1009", ACETAMINOPHEN, "650", start="20261201091500",
+                                                priority="PRN")
+    assert go(judge_text(adult_order_set(premeds=premeds))).control == "OK"
+
+
+def _history_premed(drug, amount, start, *, amount_max=None, placer="H1"):
+    from decimal import Decimal
+
+    from validator.history import HistoryEntry
+    from validator.model import Coded
+
+    code, text, system = drug.split("^")
+    return HistoryEntry(patient_key="MRN55501^GENHOSP", sender="PHARMSYS^GENHOSP", placer_number=placer,
+                        control_id="EARLIER", drug=Coded(code=code, text=text, system=system), protocol_order=False,
+                        start=start, amount=Decimal(amount), amount_units="mg", route="PO",
+                        amount_max=Decimal(amount_max) if amount_max else None)
+
+
+def test_a_history_premed_adds_to_the_message_premed():
+    history = [_history_premed(DIPHENHYDRAMINE, "50", _datetime(2026, 12, 1, 9, 0, tzinfo=UTC))]
+    verdict = go(judge_text(adult_order_set(), history=history))
+    assert "go.premedication" in rules_of(verdict) and "diphenhydramine total 100 mg" in text_of(verdict)
+
+
+def test_a_history_premed_is_judged_in_full_its_maximum_included():
+    premeds = [seg for seg in standard_premeds() if True]
+    without_acetaminophen = premeds[4:]  # the message brings diphenhydramine and methylprednisolone only
+    history = [_history_premed(ACETAMINOPHEN, "650", _datetime(2026, 12, 1, 9, 0, tzinfo=UTC), amount_max="1000")]
+    verdict = go(judge_text(adult_order_set(premeds=without_acetaminophen), history=history))
+    assert "go.premedication" in rules_of(verdict)
+    assert "maximum dose (RXE-4) 1000" in text_of(verdict)
+    fine = [_history_premed(ACETAMINOPHEN, "650", _datetime(2026, 12, 1, 9, 0, tzinfo=UTC))]
+    assert go(judge_text(adult_order_set(premeds=without_acetaminophen), history=fine)).control == "OK"
+
+
+def test_the_history_entry_keeps_the_rxe4_maximum():
+    from validator.verdict import _history_entry
+
+    text = adult_order_set(premeds=standard_premeds())
+    judgement = judge_text(text.replace("|650||mg^milligram^UCUM", "|650|700|mg^milligram^UCUM"))
+    entry = next(e for e in judgement.new_orders if e.placer_number == "ORD1002")
+    assert str(entry.amount_max) == "700"
+    assert _history_entry  # the one place history entries are made

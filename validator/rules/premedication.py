@@ -276,7 +276,9 @@ def _from_history(entry: HistoryEntry, drug_name: str, equivalent: Equivalent | 
         label=f"{drug_name} {placer} (accepted earlier, message {entry.control_id})",
         drug_name=drug_name, equivalent=equivalent, start=entry.start,  # type: ignore[arg-type]
         start_latest=None,
-        amounts=[("dose", entry.amount, str(entry.amount) if entry.amount is not None else "")],
+        amounts=[("dose", entry.amount, str(entry.amount) if entry.amount is not None else "")] + (
+            [("maximum dose (RXE-4)", entry.amount_max, str(entry.amount_max))]
+            if entry.amount_max is not None and entry.amount_max != entry.amount else []),
         units=Coded(code=entry.amount_units),
         route=Coded(code=entry.route, text=entry.route) if entry.route else None,
         dose_location=ctx.dose.drug_location, route_location=ctx.dose.drug_location,
@@ -284,47 +286,49 @@ def _from_history(entry: HistoryEntry, drug_name: str, equivalent: Equivalent | 
     )
 
 
-def _judge(ctx: DoseContext, premed: Premedication, given: _Given, audit: dict) -> list[Finding]:
+def _judge(ctx: DoseContext, premed: Premedication, given: _Given, audit: dict, *, dose: bool = True) -> list[Finding]:
+    """Dose (unless the orders are totalled: `_judge_total`), route and window of one order."""
     params = ctx.protocol.premedication
     severity = params.severity
     out: list[Finding] = []
 
     # Dose.
-    expected = _expected(ctx, premed, given.equivalent)
-    audit["expected_mg"] = _fmt(expected.expected_mg, "0.0001") if expected.expected_mg is not None else None
-    if expected.expected_mg is None or expected.low_mg is None or expected.high_mg is None:
-        out.append(finding(RULE_ID, severity, f"{given.label}: {expected.problem}", given.dose_location))
-    else:
-        allowed = f"{_fmt(expected.low_mg)}–{_fmt(expected.high_mg)} mg"
-        unit_factor = factor(given.units, ctx.protocol.units.mass_mg)
-        for what, amount, raw in given.amounts:
-            if amount is None:
-                out.append(finding(RULE_ID, severity,
-                                   f"{given.label}: {what} {raw!r} is not a number; expected {expected.description} "
-                                   f"(allowed {allowed})", given.dose_location))
-                continue
-            if unit_factor is None:
-                out.append(finding(RULE_ID, severity,
-                                   f"{given.label}: dose unit {unit_label(given.units)!r} is not a known mass unit; "
-                                   f"expected {expected.description} (allowed {allowed})", given.dose_location))
-                break
-            ordered_mg = amount * unit_factor
-            audit.setdefault("ordered_mg", _fmt(ordered_mg, "0.0001"))
-            if not (expected.low_mg <= ordered_mg <= expected.high_mg):
-                off = percent_off(ordered_mg, expected.expected_mg) if expected.expected_mg else Decimal(0)
-                shown = f"{_fmt(amount, '0.0001')} {unit_label(given.units)}"
-                if unit_factor != 1:
-                    shown += f" = {_fmt(ordered_mg)} mg"
-                out.append(finding(
-                    RULE_ID, severity,
-                    f"{given.label}: {what} {shown} is outside the allowed {allowed}: expected "
-                    f"{expected.description} ({'+' if off > 0 else ''}{_fmt(off, '0.1')}%, tolerance "
-                    f"{_fmt(params.dose_tolerance_percent)}%"
-                    + (f", never above {_fmt(expected.max_mg)} mg)" if expected.max_mg is not None else ")"),
-                    given.dose_location,
-                    ordered_mg=str(ordered_mg), expected_mg=str(expected.expected_mg),
-                    low_mg=str(expected.low_mg), high_mg=str(expected.high_mg),
-                ))
+    if dose:
+        expected = _expected(ctx, premed, given.equivalent)
+        audit["expected_mg"] = _fmt(expected.expected_mg, "0.0001") if expected.expected_mg is not None else None
+        if expected.expected_mg is None or expected.low_mg is None or expected.high_mg is None:
+            out.append(finding(RULE_ID, severity, f"{given.label}: {expected.problem}", given.dose_location))
+        else:
+            allowed = f"{_fmt(expected.low_mg)}–{_fmt(expected.high_mg)} mg"
+            unit_factor = factor(given.units, ctx.protocol.units.mass_mg)
+            for what, amount, raw in given.amounts:
+                if amount is None:
+                    out.append(finding(RULE_ID, severity,
+                                       f"{given.label}: {what} {raw!r} is not a number; expected {expected.description} "
+                                       f"(allowed {allowed})", given.dose_location))
+                    continue
+                if unit_factor is None:
+                    out.append(finding(RULE_ID, severity,
+                                       f"{given.label}: dose unit {unit_label(given.units)!r} is not a known mass unit; "
+                                       f"expected {expected.description} (allowed {allowed})", given.dose_location))
+                    break
+                ordered_mg = amount * unit_factor
+                audit.setdefault("ordered_mg", _fmt(ordered_mg, "0.0001"))
+                if not (expected.low_mg <= ordered_mg <= expected.high_mg):
+                    off = percent_off(ordered_mg, expected.expected_mg) if expected.expected_mg else Decimal(0)
+                    shown = f"{_fmt(amount, '0.0001')} {unit_label(given.units)}"
+                    if unit_factor != 1:
+                        shown += f" = {_fmt(ordered_mg)} mg"
+                    out.append(finding(
+                        RULE_ID, severity,
+                        f"{given.label}: {what} {shown} is outside the allowed {allowed}: expected "
+                        f"{expected.description} ({'+' if off > 0 else ''}{_fmt(off, '0.1')}%, tolerance "
+                        f"{_fmt(params.dose_tolerance_percent)}%"
+                        + (f", never above {_fmt(expected.max_mg)} mg)" if expected.max_mg is not None else ")"),
+                        given.dose_location,
+                        ordered_mg=str(ordered_mg), expected_mg=str(expected.expected_mg),
+                        low_mg=str(expected.low_mg), high_mg=str(expected.high_mg),
+                    ))
 
     # Route.
     routes = "/".join(premed.routes)
@@ -357,6 +361,53 @@ def _judge(ctx: DoseContext, premed: Premedication, given: _Given, audit: dict) 
                            f"{given.label} starts {_fmt(minutes_before)} min before the GO start "
                            f"({ctx.start:%Y-%m-%d %H:%M:%S}); expected {_window_text(premed)}",
                            given.window_location, minutes_before=str(minutes_before)))
+    return out
+
+
+def _judge_total(ctx: DoseContext, premed: Premedication, given: list[_Given], audit: dict) -> list[Finding]:
+    """Premeds add up (docs/protocol.md, "Premedication"): the totals of RXE-3 and of RXE-4 over every
+    order of the drug for this dose — message and course history, equivalents at their potency ratio —
+    must be within the tolerance and never above the maximum."""
+    params = ctx.protocol.premedication
+    severity = params.severity
+    expected = _expected(ctx, premed, None)
+    labels = ", ".join(g.label for g in given)
+    if expected.expected_mg is None or expected.low_mg is None or expected.high_mg is None:
+        return [finding(RULE_ID, severity, f"{premed.name} ({labels}): {expected.problem}", given[0].dose_location)]
+    out: list[Finding] = []
+    totals = {"dose": Decimal(0), "maximum dose (RXE-4)": Decimal(0)}
+    has_maximum = any(len(g.amounts) > 1 for g in given)
+    for item in given:
+        unit_factor = factor(item.units, ctx.protocol.units.mass_mg)
+        ratio = item.equivalent.potency_ratio if item.equivalent is not None else Decimal(1)
+        amounts = dict((what, amount) for what, amount, _raw in item.amounts)
+        dose_amount = amounts.get("dose")
+        if dose_amount is None or unit_factor is None:
+            why = ("is not a number" if dose_amount is None
+                   else f"has the unit {unit_label(item.units)!r}, not a known mass unit")
+            out.append(finding(RULE_ID, severity, f"{item.label}: the dose {why}; the {premed.name} total for "
+                               "this GO dose cannot be verified", item.dose_location))
+            return out
+        totals["dose"] += dose_amount * unit_factor / ratio
+        maximum = amounts.get("maximum dose (RXE-4)", dose_amount)
+        totals["maximum dose (RXE-4)"] += (maximum if maximum is not None else dose_amount) * unit_factor / ratio
+    allowed = f"{_fmt(expected.low_mg)}–{_fmt(expected.high_mg)} mg"
+    audit["expected_mg"] = _fmt(expected.expected_mg, "0.0001")
+    audit["total_mg"] = _fmt(totals["dose"], "0.0001")
+    for what, total in totals.items():
+        if what != "dose" and not has_maximum:
+            continue
+        if not (expected.low_mg <= total <= expected.high_mg):
+            off = percent_off(total, expected.expected_mg) if expected.expected_mg else Decimal(0)
+            shown = "total" if what == "dose" else "total of the maxima (RXE-4)"
+            out.append(finding(
+                RULE_ID, severity,
+                f"{premed.name} {shown} {_fmt(total)} mg over {len(given)} orders ({labels}) is outside the "
+                f"allowed {allowed}: expected {expected.description} ({'+' if off > 0 else ''}{_fmt(off, '0.1')}%, "
+                f"tolerance {_fmt(params.dose_tolerance_percent)}%"
+                + (f", never above {_fmt(expected.max_mg)} mg)" if expected.max_mg is not None else ")"),
+                given[0].dose_location, total_mg=str(total), expected_mg=str(expected.expected_mg),
+            ))
     return out
 
 
@@ -427,8 +478,12 @@ def check(ctx: DoseContext) -> list[Finding]:
         audits: list[dict] = []
         for item in given:
             audit: dict = {"order": item.label, "drug": item.drug_name}
-            findings.extend(_judge(ctx, premed, item, audit))
+            findings.extend(_judge(ctx, premed, item, audit, dose=len(given) == 1))
             audits.append(audit)
+        if len(given) > 1:
+            total_audit: dict = {"order": "total", "drug": premed.name}
+            findings.extend(_judge_total(ctx, premed, given, total_audit))
+            audits.append(total_audit)
         computed[premed.name] = audits
     ctx.computed["premedication"] = computed
     return findings

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -139,7 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         children["worker"] = _spawn(cmd, env)
     if not args.no_bridge:
         children["bridge"] = _spawn([*me, "bridge"], env)
-    if not args.no_api and importlib.util.find_spec("workers.http.app") is not None:
+    if not args.no_api:
         children["audit-api"] = _spawn([
             sys.executable, "-m", "uvicorn", "--factory", "workers.http.app:settings_app",
             "--host", settings.audit_api_host, "--port", str(settings.audit_api_port), "--log-level", "warning",

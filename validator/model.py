@@ -70,6 +70,17 @@ class Quantity(_Model):
         return self.upper if self.upper is not None else self.value
 
 
+class Component(_Model):
+    """One RXC segment: an additive (`A`) or base (`B`) of the order (HL7 table 0166)."""
+
+    kind: str = ""  # RXC-1
+    drug: Coded = Field(default_factory=Coded)  # RXC-2
+    amount: Decimal | None = None  # RXC-3
+    amount_raw: str = ""
+    units: Coded = Field(default_factory=Coded)  # RXC-4
+    location: Location | None = None  # the RXC segment (field 3: its amount)
+
+
 class Observation(_Model):
     location: Location  # the OBX segment
     set_id: str = ""
@@ -137,6 +148,10 @@ class Order(_Model):
     rate_units: Coded = Field(default_factory=Coded)  # RXE-24
     rate_location: Location | None = None
     components: list[Quantity] = []  # RXC-3/4 amounts (volume for the rate)
+    rx_components: list[Component] = []  # every RXC, read (admixtures: validator/admixture.py)
+    # An admixture judged as its drug (validator/admixture.py): RXE-3/RXE-5 were the bag's volume.
+    give_volume: Quantity | None = None
+    admixture: bool = False
     has_give: bool = False  # the group has an RXE, RXO (or OBR): something to validate
     indication: Coded = Coded()  # RXE-27 give indication (may name the protocol)
     notes: list[str] = []  # NTE-3 texts in the order group

@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from .er7 import Encoding, RawMessage, Segment, escape, unescape
 from .errors import MessageRejected
 from .hl7time import Moment, parse_date, parse_datetime, parse_moment
-from .model import Coded, Location, Observation, Order, OrderSet, Patient, Quantity, Timing
+from .model import Coded, Component, Location, Observation, Order, OrderSet, Patient, Quantity, Timing
 
 SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
 SUPPORTED_TYPES = {"RDE": ("O11", "O25", "O01"), "OMP": ("O09",), "ORM": ("O01",)}
@@ -231,9 +231,13 @@ def _read_order_segment(state: _OrderState, seg: Segment, tz: tzinfo) -> None:
         elif not state.rxe and state.tq1_before is None:
             state.tq1_before = seg
     elif name == "RXC":
-        amount = decimal_or_none(seg.component(3))
+        amount_raw, amount = _single_number(seg, 3)
         if amount is not None:
             order.components.append(Quantity(value=amount, unit=coded(seg, 4)))
+        order.rx_components.append(Component(
+            kind=seg.component(1).strip().upper(), drug=coded(seg, 2), amount=amount, amount_raw=amount_raw,
+            units=coded(seg, 4), location=Location(segment="RXC", occurrence=seg.occurrence, field=3),
+        ))
     elif name == "OBR" and not (order.drug.code or order.drug.text):
         # ORC + OBR is a non-pharmacy order (ORM^O01): named by its service id.
         order.drug = coded(seg, 4)

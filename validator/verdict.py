@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .drugs import is_protocol_drug
+from .admixture import admixture_view
+from .drugs import is_protocol_drug, premedication_for
 from .findings import Finding, error, info
 from .history import Cancellation, HistoryEntry
 from .model import Location, Observation, Order, OrderSet
@@ -70,6 +71,7 @@ def judge(
     """
     protocols = protocol if isinstance(protocol, ProtocolSet) else ProtocolSet(protocol)
     protocol = protocols.default
+    order_set = _with_admixtures(order_set, protocols)
     verdicts = [
         OrderVerdict(
             order=o, protocol_order=any(is_protocol_drug(o.drug, p) for p in protocols.protocols), control="OK"
@@ -222,6 +224,22 @@ def judge(
         new_orders=new_orders,
         cancellations=cancellations,
     )
+
+
+def _with_admixtures(order_set: OrderSet, protocols: ProtocolSet) -> OrderSet:
+    """The order set with each admixture (GO, or a premedication, as RXC components) as the drug it holds."""
+    known = protocols.protocols
+    orders: list[Order] = []
+    changed = False
+    for order in order_set.orders:
+        view = admixture_view(order, lambda drug: any(is_protocol_drug(drug, p) for p in known),
+                              protocols.default.units.mass_mg)
+        if view is None:
+            view = admixture_view(order, lambda drug: any(premedication_for(drug, p) is not None for p in known),
+                                  protocols.default.units.mass_mg)
+        orders.append(view or order)
+        changed = changed or view is not None
+    return order_set.model_copy(update={"orders": orders}) if changed else order_set
 
 
 def _usable_observations(

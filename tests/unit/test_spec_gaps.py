@@ -248,3 +248,64 @@ def test_the_history_entry_keeps_the_rxe4_maximum():
     entry = next(e for e in judgement.new_orders if e.placer_number == "ORD1002")
     assert str(entry.amount_max) == "700"
     assert _history_entry  # the one place history entries are made
+
+
+# --- admixtures (RXC) are judged as GO -------------------------------------------------------------------------
+
+SALINE = "8000^sodium chloride 0.9%^L"
+
+
+def _bag(go_mg: str = "15.2", *, volume: str = "100", rate: str = "25", go_units: str = "mg",
+         extra_rxc: list[str] | None = None) -> list[str]:
+    segs = [orc("ORD1001"), rxe(SALINE, volume, "mL^mL^UCUM", rate=rate, rate_units="mL/h"),
+            "TQ1|1|||||240^min|20261201100000|20261201140000", rxr(),
+            f"RXC|B|{SALINE}|{volume}|mL", f"RXC|A|{GO_DRUG}|{go_mg}|{go_units}", *(extra_rxc or [])]
+    return segs + standard_observations()
+
+
+def test_go_as_an_additive_in_a_saline_bag_is_judged_as_go():
+    accepted = judge_text(adult_order_set(go=_bag()))
+    assert accepted.orders[0].protocol_order and accepted.orders[0].control == "OK", text_of(accepted.orders[0])
+    overdosed = go(judge_text(adult_order_set(go=_bag("30"))))
+    assert overdosed.control == "UA" and "go.dose" in rules_of(overdosed)
+
+
+def test_a_refused_admixture_refuses_its_premeds():
+    judgement = judge_text(adult_order_set(go=_bag("30")))
+    assert all(v.control == "UA" for v in judgement.orders[1:])
+    assert "go.orderset" in rules_of(judgement.orders[1])
+
+
+def test_an_admixture_rate_disagreeing_with_its_volume_is_refused():
+    # 100 mL at 50 mL/h is 120 minutes, not 240
+    verdict = go(judge_text(adult_order_set(go=_bag(rate="50"))))
+    assert "go.infusion" in rules_of(verdict)
+
+
+def test_an_admixture_whose_rxe3_volume_disagrees_with_its_components_is_refused():
+    # RXE-3 says 200 mL (480 min at 25 mL/h), the RXC components 100 mL (240 min)
+    segs = _bag()
+    segs[1] = rxe(SALINE, "200", "mL^mL^UCUM", rate="25", rate_units="mL/h")
+    verdict = go(judge_text(adult_order_set(go=segs)))
+    assert "go.infusion" in rules_of(verdict)
+
+
+def test_a_go_component_without_a_readable_amount_is_refused():
+    verdict = go(judge_text(adult_order_set(go=_bag("fifteen"))))
+    assert verdict.control == "UA" and "go.dose" in rules_of(verdict)
+
+
+def test_two_go_components_are_summed():
+    segs = _bag("7.6", extra_rxc=[f"RXC|A|{GO_DRUG}|7.6|mg"])
+    assert go(judge_text(adult_order_set(go=segs))).control == "OK"
+    segs = _bag("15.2", extra_rxc=[f"RXC|A|{GO_DRUG}|7.6|mg"])
+    assert "go.dose" in rules_of(go(judge_text(adult_order_set(go=segs))))
+
+
+def test_a_premed_sent_as_an_additive_is_recognised():
+    premeds = standard_premeds()
+    bag = [orc("ORD1003"), rxe(SALINE, "50", "mL^mL^UCUM"), "TQ1|1||||||20261201090000", rxr(),
+           f"RXC|B|{SALINE}|50|mL", f"RXC|A|{DIPHENHYDRAMINE}|100|mg"]
+    premeds = premeds[:4] + bag + premeds[8:]
+    verdict = go(judge_text(adult_order_set(premeds=premeds)))
+    assert "go.premedication" in rules_of(verdict) and "diphenhydramine ORD1003: dose 100 mg" in text_of(verdict)

@@ -8,7 +8,9 @@ Every available source of the duration is computed and judged (bounds inclusive)
 - a rate RXE-23 in `infusion.rate_units` (mL/h) with a known volume: the RXC
   component amounts in `infusion.volume_units` (mL), else the give amount when
   RXE-5 is mL; minutes = volume / rate × 60. A rate in other units, or without a
-  known volume, is not a source (an `info` says so).
+  known volume, is not a source (an `info` says so). In an admixture (GO as RXC
+  components of a base solution) RXE-3 in mL is the bag's volume and gives a
+  second rate source beside the RXC volumes.
 
 Two sources more than `infusion.max_source_disagreement_minutes` apart are an
 error (the order is ambiguous even when each is inside the tolerance); an order
@@ -169,6 +171,14 @@ def sources(ctx: DoseContext) -> tuple[list[Source], list[Finding]]:
                     "rate", f"{volume_text} at {rate_text} ({rate_where.short()})",
                     volume / order.rate_amount * MINUTES_PER_HOUR, rate_where,
                 ))
+                bag = order.give_volume
+                if order.admixture and bag is not None and volumes and is_one_of(bag.unit, params.volume_units):
+                    # An admixture's RXE-3 is the bag's volume: its own rate source, which must agree too.
+                    found.append(Source(
+                        "rate_give_volume", f"give amount {_plain(bag.value)} {unit_label(bag.unit)} (RXE-3) at "
+                        f"{rate_text} ({rate_where.short()})", bag.value / order.rate_amount * MINUTES_PER_HOUR,
+                        rate_where,
+                    ))
     return found, findings
 
 

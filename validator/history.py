@@ -83,6 +83,7 @@ class ProcessedMessage(BaseModel):
     computed: dict[str, Any] = {}
     new_orders: list[HistoryEntry] = []
     cancellations: list[Cancellation] = []
+    delivery_id: str | None = None  # the delivery (stream entry, Celery task...) this record answers
 
 
 class KeyTaken(Exception):

@@ -105,7 +105,12 @@ def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 out.write(f"{head[0]} {head[1]}\n")
             return 0
         if args.action == "verify":
-            result = verify_chain(store, anchor=anchor)
+            from workers.store.chain import ChainKeyError
+
+            try:
+                result = verify_chain(store, anchor=anchor)
+            except ChainKeyError as exc:
+                raise UsageError(f"audit verify: {exc}") from None
             out.write(result.describe() + "\n")
             if result.intact and anchor is None and result.checked:
                 out.write("note: removal of the newest records is only detectable against an anchor: keep the "

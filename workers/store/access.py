@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import string
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ __all__ = ["MIN_TOKEN_BITS", "ROLES", "AccessEntry", "AccessLedger", "User", "Us
 ROLES = ("auditor", "operator", "submit")
 MIN_TOKEN_BITS = 256  # 32 bytes of entropy
 ACCESS_LOCK_KEY = 0x7278616C  # 'rxal': pg_advisory_xact_lock key serialising access-log appends
+_ZLIB_OVERHEAD = 8  # header, checksum and block framing of a zlib stream
 _NAME_CHARS = set(string.ascii_letters + string.digits + "._@-")
 
 
@@ -73,9 +75,10 @@ def token_sha256(token: str) -> str:
 
 
 def token_entropy_bits(token: str) -> float:
-    """An upper estimate of a token's entropy: its length times log2 of the alphabet its characters come
-    from (hex, base64url, printable ASCII), and at most 8 bits per distinct character used. Generous to
-    the token, so a token refused here is certainly too short."""
+    """An upper estimate of a token's entropy in bits: the smaller of its length times log2 of the alphabet
+    its characters come from (hex 4, base64url 6, else printable ASCII 6.6 bits a character) and the size
+    of its zlib compression (a repetitive token compresses to little). Generous to the token, so a token
+    refused here is certainly too weak."""
     if not token:
         return 0.0
     chars = set(token)
@@ -85,8 +88,9 @@ def token_entropy_bits(token: str) -> float:
         alphabet = 64
     else:
         alphabet = 95
-    per_char = min(math.log2(alphabet), math.log2(max(len(chars), 2)) + 2)
-    return len(token) * per_char
+    by_alphabet = len(token) * math.log2(alphabet)
+    compressed = len(zlib.compress(token.encode("utf-8", "surrogatepass"), 9)) - _ZLIB_OVERHEAD
+    return min(by_alphabet, max(compressed, 0) * 8.0)
 
 
 def check_name(name: str) -> str:

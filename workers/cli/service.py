@@ -103,11 +103,11 @@ def api_tls_args(settings: Settings) -> list[str]:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # what uvicorn makes; TLS 1.2 or later (Python's default minimum)
     try:
         ctx.load_cert_chain(cert, key)
-    except OSError as exc:
-        raise UsageError(f"RXGATE_HTTP_TLS_CERT {cert} / RXGATE_HTTP_TLS_KEY {key}: {exc.strerror or exc}") from None
     except ssl.SSLError as exc:
         raise UsageError(f"cannot use RXGATE_HTTP_TLS_CERT {cert} with RXGATE_HTTP_TLS_KEY {key}: "
                          f"{exc.reason or exc}") from None
+    except OSError as exc:  # a missing or unreadable file (after SSLError, its subclass)
+        raise UsageError(f"RXGATE_HTTP_TLS_CERT {cert} / RXGATE_HTTP_TLS_KEY {key}: {exc.strerror or exc}") from None
     return ["--ssl-certfile", cert, "--ssl-keyfile", key]
 
 

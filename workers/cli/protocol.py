@@ -108,7 +108,11 @@ MESSAGE_RULES = {
                       "its verdict.",
     "service.not_processed": "Not processed after its retries (or not taken by the broker): AR 207 \"not processed, "
                              "resend\", kept on the dead-letter stream, not audited and not stored under the message "
-                             "key, so a resend is processed afresh.",
+                             "key, so a resend is processed afresh. A queue entry without an hl7 field is answered "
+                             "\"cannot be processed: no hl7 field\" instead (a resend cannot help); an operator "
+                             "drops it (`rxgate deadletter drop`).",
+    "rxgate.deadletter_drop": "Audit only (info, never in ERR-5): an operator dropped a dead letter "
+                              "(`rxgate deadletter drop ID --reason TEXT`): who, why, the dead-letter id and reason.",
 }
 
 

@@ -5,6 +5,7 @@
     protocol   protocol check | list; explain RULE (workers/cli/protocol.py)
     serve, worker, bridge, submit, health   the running service (workers/cli/service.py)
     mllp       the MLLP listener (workers/cli/mllp.py)
+    users      add | list | revoke the HTTP API's credentials (workers/cli/users.py)
     deadletter list | resend | drop the dead letters (workers/cli/deadletter.py)
     replay     judge recorded messages again, print what would change (workers/cli/replay.py)
 
@@ -18,12 +19,12 @@ import argparse
 import logging
 import sys
 
-from workers.cli import audit, check, deadletter, mllp, protocol, replay, service
+from workers.cli import audit, check, deadletter, mllp, protocol, replay, service, users
 from workers.cli.usage import Parser, UsageError
 
 __all__ = ["COMMAND_GROUPS", "UsageError", "build_parser", "main"]
 
-COMMAND_GROUPS = (check, audit, protocol, service, mllp, deadletter, replay)
+COMMAND_GROUPS = (check, audit, protocol, service, mllp, users, deadletter, replay)
 
 
 def build_parser() -> argparse.ArgumentParser:

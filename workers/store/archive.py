@@ -4,10 +4,11 @@
 
     {"rxgate_archive": 1, "before": "2026-01-01", "timezone": "...", "first_seq": 1, "last_seq": N,
      "records": N, "last_hash": "..."}                               the header (first line)
-    {"seq": 1, "prev_hash": "000...", "hash": "...", "content": {...}}   one line per record, in order
+    {"seq": 1, "prev_hash": "000...", "hash": "...", "key_id": "...", "content": {...}}   one per record
 
-`content` is exactly what the chain hashes (`workers.store.chain.record_content`), so
-`verify_archive(lines)` recomputes every hash and link without the database. The records stay
+`content` is exactly what the chain hashes (`workers.store.chain.record_content`, with `key_id` naming
+the audit key that signed it), so `verify_archive(lines, keys)` recomputes every hash and link without
+the database (the HMAC needs the audit key: RXGATE_AUDIT_KEY / RXGATE_AUDIT_KEY_FILE). The records stay
 in the database: rxgate never deletes audit rows.
 
 Which records: the chain's prefix up to the last record received before `before` (the start of
@@ -21,16 +22,33 @@ piece of the chain and its last hash anchors the rest.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, time, tzinfo
 from typing import TextIO
 
 from sqlalchemy import func, select
 
-from workers.store.chain import GENESIS_HASH, Verification, canonical_json, chain_hash, record_content
+from workers.store.chain import (
+    GENESIS_HASH,
+    ChainKeys,
+    Verification,
+    _by_message,
+    canonical_json,
+    chain_hash,
+    link_problem,
+    record_content,
+)
 from workers.store.errors import database_errors
-from workers.store.schema import ChainRow, FindingRow, MessageRow, ResponseRow, VerdictRow
+from workers.store.schema import (
+    CancellationRow,
+    ChainRow,
+    FindingRow,
+    HistoryRow,
+    MessageKeyRow,
+    MessageRow,
+    ResponseRow,
+    VerdictRow,
+)
 from workers.store.sqlstore import SqlStore
 
 FORMAT = 1
@@ -64,16 +82,23 @@ def archive_lines(store: SqlStore, last_seq: int, batch: int = 500) -> Iterator[
                 select(VerdictRow).where(VerdictRow.message_id >= lo, VerdictRow.message_id <= hi)).scalars()}
             responses = {r.message_id: r for r in s.execute(
                 select(ResponseRow).where(ResponseRow.message_id >= lo, ResponseRow.message_id <= hi)).scalars()}
-            findings: dict[int, list[FindingRow]] = defaultdict(list)
-            for f in s.execute(select(FindingRow).where(FindingRow.message_id >= lo,
-                                                        FindingRow.message_id <= hi)).scalars():
-                findings[f.message_id].append(f)
+            parts = {name: _by_message(s, row_type, lo, hi) for name, row_type in
+                     (("findings", FindingRow), ("keys", MessageKeyRow), ("history", HistoryRow),
+                      ("cancellations", CancellationRow))}
             for row in chain:
                 message = messages.get(row.seq)
-                content = None if message is None else record_content(
-                    message, verdicts.get(row.seq), responses.get(row.seq), findings[row.seq])
+                got = {name: rows.get(row.seq, []) for name, rows in parts.items()}
+                if message is None:
+                    content = None
+                elif row.key_id is None:  # from before the chain was keyed: the older content
+                    content = record_content(message, verdicts.get(row.seq), responses.get(row.seq), got["findings"])
+                else:
+                    content = record_content(message, verdicts.get(row.seq), responses.get(row.seq), got["findings"],
+                                             keyed=True, message_key=got["keys"][0] if got["keys"] else None,
+                                             history=got["history"], cancellations=got["cancellations"])
                 # written as stored: a record already broken in the database verifies as broken in the file
-                yield {"seq": row.seq, "prev_hash": row.prev_hash, "hash": row.hash, "content": content}
+                yield {"seq": row.seq, "prev_hash": row.prev_hash, "hash": row.hash, "key_id": row.key_id,
+                       "content": content}
             done = hi
 
 
@@ -93,9 +118,10 @@ def write_archive(store: SqlStore, before: date, tz: tzinfo, out: TextIO) -> tup
     return last_seq, header["last_hash"]
 
 
-def verify_archive(lines: Iterable[str], anchor: tuple[int, str] | None = None) -> Verification:
-    """Recompute the archive's chain from its own lines (no database): the first bad record is named; a
-    header whose count or last hash differs from the records (a cut or extended file) is broken too."""
+def verify_archive(lines: Iterable[str], keys: ChainKeys, anchor: tuple[int, str] | None = None) -> Verification:
+    """Recompute the archive's chain from its own lines and the audit keys (no database): the first bad
+    record is named; a header whose count or last hash differs from the records (a cut or extended file)
+    is broken too. Records without a `key_id` (hashed before the chain was keyed) may only come first."""
     it = iter(lines)
     try:
         header = json.loads(next(it))
@@ -103,7 +129,7 @@ def verify_archive(lines: Iterable[str], anchor: tuple[int, str] | None = None) 
         raise ArchiveError("not an rxgate archive: no JSON header line") from None
     if not isinstance(header, dict) or header.get("rxgate_archive") != FORMAT:
         raise ArchiveError("not an rxgate archive (format 1): the first line has no \"rxgate_archive\": 1")
-    expected, prev, checked = 1, GENESIS_HASH, 0
+    expected, prev, checked, keyed = 1, GENESIS_HASH, 0, False
     hashes: dict[int, str] = {}
     for n, text in enumerate(it, start=2):
         if not text.strip():
@@ -122,8 +148,15 @@ def verify_archive(lines: Iterable[str], anchor: tuple[int, str] | None = None) 
                                 reason="its link to the previous record does not match")
         if content is None:
             return Verification(False, checked=checked, first_bad_seq=seq, reason="its message row was removed")
-        if chain_hash(content, seq, prev) != hash_:
-            return Verification(False, checked=checked, first_bad_seq=seq, reason="its content was altered")
+        key_id = line.get("key_id")
+        if key_id is None:
+            problem = ("it is not signed with the audit key but follows signed records" if keyed
+                       else None if chain_hash(content, seq, prev) == hash_ else "its content was altered")
+        else:
+            keyed = True
+            problem = link_problem(seq, prev, hash_, key_id, content, keys)
+        if problem:
+            return Verification(False, checked=checked, first_bad_seq=seq, reason=problem)
         prev, expected, checked = hash_, expected + 1, checked + 1
         if anchor is not None and seq == anchor[0]:
             hashes[seq] = hash_

@@ -265,3 +265,16 @@ def test_cli_broker_down_exits_1(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RXGATE_BROKER_URL", "redis://127.0.0.1:1/0")
     assert main(["deadletter", "list"]) == 1
     assert "does not answer" in capsys.readouterr().err
+
+
+def test_a_task_rabbitmq_dead_lettered_becomes_a_resendable_celery_dead_letter(client):
+    from workers.queue.amqp_deadletters import dead_letter_fields
+
+    text = adult_order_set("DL701")
+    fields = dead_letter_fields([[text], {}, {}], {"id": "task-1"}, limit=10)
+    assert fields["hl7"] == text and fields["source"] == "celery" and "delivered more than 10 times" in fields["reason"]
+    client.xadd("d:deadletter", fields)
+    sent = []
+    handled = letters(client, send_task=lambda t, replay_of: sent.append(t)).resend(None)
+    assert handled.ok and sent == [text]
+    assert "hl7" not in dead_letter_fields("not a task body", {}, limit=10)  # kept, for an operator to drop

@@ -50,7 +50,9 @@ def amqp_queues(settings: Settings):
     """The quorum queue `rxgate.orders` (and its dead-letter queue), as Celery declares them."""
     from kombu import Exchange, Queue
 
-    return Queue(QUEUE, Exchange(QUEUE, type="direct", durable=True), routing_key=QUEUE, durable=True,
+    # a topic exchange: Celery's native delayed delivery (a retry's countdown on a quorum queue, which
+    # cannot raise the prefetch for ETA tasks) works only with topic exchanges
+    return Queue(QUEUE, Exchange(QUEUE, type="topic", durable=True), routing_key=QUEUE, durable=True,
                  queue_arguments={"x-queue-type": "quorum", "x-delivery-limit": settings.amqp_delivery_limit,
                                   "x-dead-letter-exchange": DEAD_EXCHANGE,
                                   "x-dead-letter-routing-key": DEAD_QUEUE}), dead_queue()

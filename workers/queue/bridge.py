@@ -269,6 +269,10 @@ class Bridge:
         return entries
 
     # --- processing -------------------------------------------------------------------------------
+    def delivery_id(self, entry_id: str) -> str:
+        """The delivery id stored with the entry's record: a redelivered entry is recorded once."""
+        return f"stream:{self.streams.inbound}:{entry_id}"
+
     def handle(self, entries: list[tuple[str, dict]]) -> None:
         batch = _Batch()
         remaining = [i for i, _ in entries]
@@ -326,7 +330,8 @@ class Bridge:
                     text = decode(hl7) if isinstance(hl7, bytes) else str(hl7)
                     started = time.perf_counter()
                     outcomes = self.service.process(text, received_at=entry_time(entry_id, self.service.tz),
-                                                    store=staged, observe=False)
+                                                    store=staged, observe=False,
+                                                    delivery_id=self.delivery_id(entry_id))
                     done.append((entry_id, outcomes, time.perf_counter() - started, staged.staged))
                     if len(staged.held) >= self.settings.store_batch \
                             or self.clock() - opened >= self.settings.store_batch_seconds:
@@ -369,7 +374,7 @@ class Bridge:
         while True:
             attempts += 1
             try:
-                return self.service.process(text, received_at=received_at)
+                return self.service.process(text, received_at=received_at, delivery_id=self.delivery_id(entry_id))
             except Exception as exc:  # processing never raises for bad input: this is the store or a bug
                 transient = is_transient(exc)
                 errors += 0 if transient else 1

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     submit_timeout: float = 30.0  # `rxgate submit`: seconds to wait for each response
     audit_api_port: int = 8080  # `rxgate serve` runs the audit API here when workers.http.app exists
     audit_api_host: str = "127.0.0.1"
+    http_tls_cert: str = ""  # PEM certificate (chain): the HTTP API (audit, /hl7, CDS Hooks) serves HTTPS only
+    http_tls_key: str = ""  # its PEM private key
     # --- MLLP listener (workers/queue/mllp.py, `rxgate mllp`) ---
     mllp_host: str = "127.0.0.1"  # 0.0.0.0 to accept interface engines on other hosts
     mllp_port: int = 2575

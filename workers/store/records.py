@@ -79,6 +79,7 @@ def message_key_row(seq: int, processed: ProcessedMessage) -> dict[str, Any] | N
     if key is None:
         return None
     return dict(
+        processing_id=clean_text(key.processing_id),
         sending_application=clean_text(key.sending_application),
         sending_facility=clean_text(key.sending_facility),
         control_id=clean_text(key.control_id),

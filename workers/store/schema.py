@@ -148,10 +148,12 @@ class ResponseRow(Base):
 class MessageKeyRow(Base):
     __tablename__ = "message_keys"
     __table_args__ = (
-        UniqueConstraint("sending_application", "sending_facility", "control_id", name="uq_message_keys_sender_control"),
+        UniqueConstraint("processing_id", "sending_application", "sending_facility", "control_id",
+                         name="uq_message_keys_processing_sender_control"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    processing_id: Mapped[str] = mapped_column(String(FIELD_LEN), default="P", server_default="P")  # MSH-11.1 (0002)
     sending_application: Mapped[str] = mapped_column(String(FIELD_LEN))
     sending_facility: Mapped[str] = mapped_column(String(FIELD_LEN))
     control_id: Mapped[str] = mapped_column(String(FIELD_LEN))
@@ -235,3 +237,39 @@ class CdsCardRow(Base):
     location: Mapped[str | None] = mapped_column(String(LOCATION_LEN), nullable=True)
     summary: Mapped[str] = mapped_column(String(FIELD_LEN))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# --- People, roles and the PHI access log (workers/store/access.py, migration 0005_access) ------------
+
+NAME_LEN = 100  # a person's or system's credential name
+ROLES_LEN = 100  # the roles, comma-separated: auditor,operator,submit
+ADDRESS_LEN = 100  # a client address (IPv6 with zone fits)
+ACTION_LEN = 200  # what was read: "GET /audit/messages"
+
+
+class UserRow(Base):
+    """A credential: a person or system, its roles and the SHA-256 of its token (the token is never stored)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(NAME_LEN), unique=True)
+    roles: Mapped[str] = mapped_column(String(ROLES_LEN))
+    token_sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class AccessLogRow(Base):
+    """One read of patient data: who, when, what, from where; chained like the audit log (append-only)."""
+
+    __tablename__ = "access_log"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    user_name: Mapped[str] = mapped_column(String(NAME_LEN), index=True)
+    address: Mapped[str] = mapped_column(String(ADDRESS_LEN))
+    action: Mapped[str] = mapped_column(String(ACTION_LEN))
+    target: Mapped[str] = mapped_column(Text)  # the query (filters) or the record id read
+    prev_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
+    hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), unique=True)

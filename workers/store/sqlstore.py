@@ -47,8 +47,9 @@ CHAIN_LOCK_KEY = 0x72786761  # 'rxga': pg_advisory_xact_lock key serialising aud
 
 
 def _key_matches(key: MessageKey) -> tuple:
-    """WHERE clauses selecting the message_keys row of (MSH-3, MSH-4, MSH-10)."""
+    """WHERE clauses selecting the message_keys row of (MSH-11, MSH-3, MSH-4, MSH-10)."""
     return (
+        MessageKeyRow.processing_id == clean_text(key.processing_id),
         MessageKeyRow.sending_application == clean_text(key.sending_application),
         MessageKeyRow.sending_facility == clean_text(key.sending_facility),
         MessageKeyRow.control_id == clean_text(key.control_id),

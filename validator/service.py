@@ -31,7 +31,16 @@ from .history import (
 )
 from .model import Location, OrderSet
 from .protocol import Protocol, ProtocolSet
-from .reader import DEFAULT_LIMITS, Limits, check_limits, read_header, read_order_set
+from .reader import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_header_lengths,
+    check_limits,
+    check_stored_lengths,
+    read_header,
+    read_order_set,
+    within_stored_lengths,
+)
 from .response import build_rejection, build_response
 from .verdict import Judgement, OrderVerdict, judge
 
@@ -301,6 +310,12 @@ def _process(call: Call, raw: RawMessage) -> Outcome:
         header = read_header(raw, call.tz)
     except MessageRejected as exc:
         return _unparseable(call, text, exc.message)
+    try:
+        check_header_lengths(header)
+    except MessageRejected as exc:  # audited without the over-long value, not under a key
+        location = Location(segment=exc.segment, occurrence=1, field=exc.field) if exc.field else None
+        return _reject(call, None, within_stored_lengths(header), Rejection(exc.rule, exc.code, exc.message, location),
+                       text, started)
     key = message_key(header, text)
     if key is not None:
         stored = call.store.answer_for(key)
@@ -309,6 +324,7 @@ def _process(call: Call, raw: RawMessage) -> Outcome:
     try:
         check_limits(raw, call.limits)
         order_set = read_order_set(raw, call.tz)
+        check_stored_lengths(order_set)
     except MessageRejected as exc:
         location = Location(segment=exc.segment, occurrence=1, field=exc.field) if exc.field else None
         # stored under the key: a redelivery of a rejected message gets the same AR

@@ -77,3 +77,20 @@ def test_check_db_postgresql_error_never_prints_the_mrn(pg_url, tmp_path):
     assert out.returncode == 1, out.stderr  # answered AR (exit 1), not a traceback
     assert "Traceback" not in out.stderr
     assert LONG not in out.stderr
+
+
+def test_a_database_error_in_check_db_is_one_line_without_patient_data(monkeypatch, sqlite_url, tmp_path, capsys):
+    from validator import InMemoryStore
+    from workers.cli import check, main
+    from workers.store import StoreRefused
+
+    class Refusing(InMemoryStore):
+        def save(self, processed):
+            raise StoreRefused("database sqlite:///x refused a statement: DataError (psycopg.errors.StringDataRightTruncation 22001)")
+
+    monkeypatch.setattr(check, "open_store", lambda url, settings: Refusing())
+    msg = tmp_path / "m.hl7"
+    msg.write_text(adult_order_set("L0009", mrn="MRNSECRET42"))
+    assert main(["check", "--db", sqlite_url, str(msg)]) == 2
+    err = capsys.readouterr().err
+    assert "refused a statement" in err and "Traceback" not in err and "MRNSECRET42" not in err

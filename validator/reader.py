@@ -190,6 +190,7 @@ def _new_order(index: int, orc: Segment | None) -> Order:
         placer_namespace=orc.component(2, 2),
         filler_number=orc.component(3, 1),
         placer_group=orc.component(4, 1),
+        verified_by=orc.field(11).strip(),
         orc_location=Location(segment="ORC", occurrence=orc.occurrence, field=1),
         orc_line=reencode(orc),
     )

@@ -125,3 +125,50 @@ def test_empty_processing_id_is_production_and_answered_p():
 def test_training_with_processing_mode_t_is_accepted():
     outcome = send(InMemoryStore(), with_msh(adult_order_set("E2"), f11="T^T"))
     assert outcome.ack_code == "AA" and msh_fields(outcome.response)[10] == "T^T"
+
+
+# --- the same order, sent again ------------------------------------------------------------------------
+
+
+def test_the_same_order_under_a_new_control_id_is_ok_go_resent_and_counted_once():
+    store = InMemoryStore()
+    first = send(store, go_dose_message("OR1", "20261201"))
+    again = send(store, with_msh(go_dose_message("OR2", "20261201"), f7="20261201091000"))
+    assert first.ack_code == "AA" and again.ack_code == "AA" and not again.redelivered
+    assert {o["order_control"] for o in again.result["orders"]} == {"OK"}
+    resent = [f for f in again.result["findings"] if f["rule"] == "go.resent"]
+    assert len(resent) == 4 and all("OR1" in f["message"] and f["severity"] == "info" for f in resent)
+    assert "go.resent" not in again.response  # info: JSON and audit only, never an ERR
+    course = store.orders["MRN55501^GENHOSP"]
+    assert len(course) == 4 and {e.control_id for e in course} == {"OR1"}
+    # the next dose of the course is judged on one counted dose: day 14 is accepted as the second dose
+    day14 = send(store, go_dose_message("OR3", "20261214", placer="ORD2001"))
+    assert day14.ack_code == "AA", rules_of(day14.result)
+    assert store.audit[-1].computed["ORD2001"]["course_day"] == 14
+
+
+def test_the_same_identity_with_other_content_is_go_duplicate_order():
+    store = InMemoryStore()
+    send(store, go_dose_message("DO1", "20261201"))
+    other = send(store, go_dose_message("DO2", "20261201", start_time="110000"))
+    assert other.ack_code == "AE"
+    go = other.result["orders"][0]
+    assert go["order_control"] == "UA" and "go.duplicate_order" in rules_of(go)
+    assert "change it with XO or cancel it" in other.response
+    assert len([e for e in store.orders["MRN55501^GENHOSP"] if e.protocol_order]) == 1
+
+
+def test_resend_recognition_normalises_amounts_units_and_instants():
+    store = InMemoryStore()
+    send(store, go_dose_message("NM1", "20261201"))
+    text = go_dose_message("NM2", "20261201").replace("|15.2||mg^milligram^UCUM", "|15.20||MG^milligram^UCUM")
+    text = text.replace("TQ1|1|||||240^min|20261201100000|", "TQ1|1|||||240^min|20261201100000+0000|")
+    again = send(store, text)
+    assert again.ack_code == "AA" and "go.resent" in rules_of(again.result["orders"][0], "info")
+
+
+def test_a_training_copy_of_an_order_is_not_a_resend_of_the_production_one():
+    store = InMemoryStore()
+    send(store, go_dose_message("PT1", "20261201"))
+    training = send(store, with_msh(go_dose_message("PT2", "20261201"), f11="T"))
+    assert training.ack_code == "AA" and "go.resent" not in rules_of(training.result["orders"][0], "info")

@@ -32,6 +32,7 @@ class HistoryEntry(BaseModel):
     protocol_id: str = ""
     start: datetime | None = None
     amount: Decimal | None = None
+    amount_max: Decimal | None = None  # RXE-4 (RXO-3): a history premed is judged in full
     amount_units: str = ""
     route: str = ""
     as_needed: bool = False
@@ -84,6 +85,7 @@ class ProcessedMessage(BaseModel):
     computed: dict[str, Any] = {}
     new_orders: list[HistoryEntry] = []
     cancellations: list[Cancellation] = []
+    delivery_id: str | None = None  # the delivery (stream entry, Celery task...) this record answers
 
 
 class KeyTaken(Exception):

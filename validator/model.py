@@ -58,9 +58,27 @@ class Location(_Model):
 class Quantity(_Model):
     """A number with its unit as sent; `comparator` keeps a bound such as `>` of SN `>^90`."""
 
-    value: Decimal
+    value: Decimal  # a range's lower end
     unit: Coded = Field(default_factory=Coded)
     comparator: str = ""
+    upper: Decimal | None = None  # a range's upper end (`30-40`, SN `30^-^40`)
+
+    @property
+    def high(self) -> Decimal:
+        """The upper end of a range, else the value: what a rule reads when a high value refuses
+        (WBC, liver tests); the lower end (`value`) when a low value refuses (CD33)."""
+        return self.upper if self.upper is not None else self.value
+
+
+class Component(_Model):
+    """One RXC segment: an additive (`A`) or base (`B`) of the order (HL7 table 0166)."""
+
+    kind: str = ""  # RXC-1
+    drug: Coded = Field(default_factory=Coded)  # RXC-2
+    amount: Decimal | None = None  # RXC-3
+    amount_raw: str = ""
+    units: Coded = Field(default_factory=Coded)  # RXC-4
+    location: Location | None = None  # the RXC segment (field 3: its amount)
 
 
 class Observation(_Model):
@@ -74,7 +92,8 @@ class Observation(_Model):
     reference_range: str = ""
     abnormal_flags: str = ""
     status: str = ""
-    observed_at: datetime | None = None
+    observed_at: datetime | None = None  # the earliest instant OBX-14 may name (validator/hl7time.py)
+    observed_latest: datetime | None = None  # the latest, when OBX-14 is coarse or ambiguous
     order_index: int | None = None  # the order group it came in, if any
 
     @property
@@ -85,8 +104,14 @@ class Observation(_Model):
 class Timing(_Model):
     """Timing of one order, from TQ1 (v2.5+) or the TQ of RXE-1 / ORC-7 (v2.3/2.4)."""
 
-    start: datetime | None = None
+    start: datetime | None = None  # the earliest instant the start may name (validator/hl7time.py)
     end: datetime | None = None
+    # The latest instant, when the time is coarser than a minute or a wall-clock time the zone
+    # skips or repeats (None: exact); windows and limits are judged at the less favourable end.
+    start_latest: datetime | None = None
+    end_latest: datetime | None = None
+    start_has_time: bool = True  # False: a date alone (a GO start needs a time of day)
+    several_starts: str = ""  # why the order plans more than one administration ('' = one)
     service_duration: Quantity | None = None  # TQ1-6, e.g. 240^min
     priority: str = ""  # TQ1-9 / TQ-6, e.g. PRN
     condition: str = ""  # TQ1-10 / TQ-7
@@ -127,6 +152,10 @@ class Order(_Model):
     rate_units: Coded = Field(default_factory=Coded)  # RXE-24
     rate_location: Location | None = None
     components: list[Quantity] = []  # RXC-3/4 amounts (volume for the rate)
+    rx_components: list[Component] = []  # every RXC, read (admixtures: validator/admixture.py)
+    # An admixture judged as its drug (validator/admixture.py): RXE-3/RXE-5 were the bag's volume.
+    give_volume: Quantity | None = None
+    admixture: bool = False
     has_give: bool = False  # the group has an RXE, RXO (or OBR): something to validate
     indication: Coded = Coded()  # RXE-27 give indication (may name the protocol)
     notes: list[str] = []  # NTE-3 texts in the order group
@@ -180,7 +209,8 @@ class OrderSet(_Model):
     sending_facility: str = ""
     receiving_application: str = ""
     receiving_facility: str = ""
-    message_time: datetime | None = None  # MSH-7
+    message_time: datetime | None = None  # MSH-7 (its earliest instant)
+    message_time_latest: datetime | None = None
     patient: Patient = Field(default_factory=Patient)
     pid_line: str = ""
     orders: list[Order] = []

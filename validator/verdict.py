@@ -7,10 +7,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .drugs import is_protocol_drug
+from .admixture import admixture_view
+from .drugs import is_protocol_drug, premedication_for
 from .findings import Finding, error, info
 from .history import Cancellation, HistoryEntry
-from .model import Location, Order, OrderSet
+from .model import Location, Observation, Order, OrderSet
 from .observations import usable_observations
 from .protocol import Protocol, ProtocolSet
 from .resend import DUPLICATE_RULE, RESENT_RULE, accepted_with_identity, order_fingerprint
@@ -70,7 +71,7 @@ def judge(
     """
     protocols = protocol if isinstance(protocol, ProtocolSet) else ProtocolSet(protocol)
     protocol = protocols.default
-    observations, message_findings = usable_observations(order_set, protocol, received_at)
+    order_set = _with_admixtures(order_set, protocols)
     verdicts = [
         OrderVerdict(
             order=o, protocol_order=any(is_protocol_drug(o.drug, p) for p in protocols.protocols), control="OK"
@@ -126,6 +127,10 @@ def judge(
     # The same order sent again (validator/resend.py): answered without judging, never counted twice.
     to_judge = [v for v in to_judge if not _resent_or_duplicate(v, order_set, course)]
 
+    # The protocol of each GO order governs everything about it, its observation validity window included.
+    dose_protocols = {v.order.index: p for v in to_judge if v.protocol_order and (p := protocols.for_order(v.order))}
+    observations_by_protocol, message_findings = _usable_observations(
+        order_set, [protocol, *dose_protocols.values()], received_at)
     go_doses = sorted(
         (v for v in to_judge if v.protocol_order),
         key=lambda v: (v.order.timing.start is None, v.order.timing.start or datetime.min, v.order.index),
@@ -154,10 +159,12 @@ def judge(
             dose=order,
             protocol=dose_protocol,
             history=course + accepted_now,
-            observations=observations,
+            observations=observations_by_protocol[dose_protocol.id],
             tz=tz,
             received_at=received_at,
             age_years=age_in_years(order_set.patient.birth_date, order.timing.start, tz),
+            dose_protocols=dose_protocols,
+            known_protocols={p.id: p for p in protocols.protocols},
         )
         for rule in DOSE_RULES:
             for found in rule.check(ctx):
@@ -173,7 +180,8 @@ def judge(
     # A GO order refused before judging (unprocessed ORC-1, no RXE) is a refused GO dose too.
     refused_early = [v for v in verdicts if v.protocol_order and v.control == "UA" and v not in go_doses]
     refused_doses = {v.order.index for v in go_doses + refused_early if v.control == "UA"}
-    belongs = belonging_premedications(order_set, [v.order for v in go_doses + refused_early], protocol)
+    belongs = belonging_premedications(order_set, [v.order for v in go_doses + refused_early], protocol,
+                                       dose_protocols)
     for verdict in to_judge:
         if verdict.protocol_order:
             continue
@@ -220,6 +228,42 @@ def judge(
         new_orders=new_orders,
         cancellations=cancellations,
     )
+
+
+def _with_admixtures(order_set: OrderSet, protocols: ProtocolSet) -> OrderSet:
+    """The order set with each admixture (GO, or a premedication, as RXC components) as the drug it holds."""
+    known = protocols.protocols
+    orders: list[Order] = []
+    changed = False
+    for order in order_set.orders:
+        view = admixture_view(order, lambda drug: any(is_protocol_drug(drug, p) for p in known),
+                              protocols.default.units.mass_mg)
+        if view is None:
+            view = admixture_view(order, lambda drug: any(premedication_for(drug, p) is not None for p in known),
+                                  protocols.default.units.mass_mg)
+        orders.append(view or order)
+        changed = changed or view is not None
+    return order_set.model_copy(update={"orders": orders}) if changed else order_set
+
+
+def _usable_observations(
+    order_set: OrderSet, used: list[Protocol], received_at: datetime
+) -> tuple[dict[str, list[Observation]], list[Finding]]:
+    """The usable observations under each protocol in use, and their `go.observation_time` warnings
+    (once per observation: the first protocol's message, in the order given)."""
+    by_protocol: dict[str, list[Observation]] = {}
+    findings: list[Finding] = []
+    reported: set[str] = set()
+    for each in used:
+        if each.id in by_protocol:
+            continue
+        by_protocol[each.id], found = usable_observations(order_set, each, received_at)
+        for f in found:
+            where = f.location.err2() if f.location else ""
+            if where not in reported:
+                reported.add(where)
+                findings.append(f)
+    return by_protocol, findings
 
 
 def _selector_location(order: Order, field: str) -> Location | None:
@@ -283,6 +327,7 @@ def _history_entry(order: Order, order_set: OrderSet, protocol: Protocol, *, pro
         protocol_id=protocol.id if protocol_order else "",
         start=order.timing.start,
         amount=order.amount,
+        amount_max=order.amount_max,
         amount_units=order.amount_units.code or order.amount_units.text,
         route=(order.route.code or order.route.text) if order.route else "",
         as_needed=order.timing.as_needed,

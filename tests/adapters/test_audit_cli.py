@@ -141,9 +141,9 @@ def test_verify_and_head(db):
     code, out = audit("verify", "--db", db)
     assert code == 0 and "intact: 5 records" in out
     code, head = audit("head", "--db", db)
-    seq, hash_ = head.split()
+    seq, hash_ = head.strip().split(":")  # the format --anchor takes: the output is passed as it is
     assert code == 0 and seq == "5" and len(hash_) == 64
-    assert audit("verify", "--db", db, "--anchor", f"{seq}:{hash_}")[0] == 0
+    assert audit("verify", "--db", db, "--anchor", head.strip())[0] == 0
     with sqlite3.connect(db.removeprefix("sqlite:///")) as conn:
         conn.execute("UPDATE findings SET message = 'fine' WHERE message_id = 3")
     code, out = audit("verify", "--db", db)

@@ -159,7 +159,9 @@ def test_entry_without_hl7_goes_to_deadletter_acked_and_answered(client):
     assert "no hl7 field" in dead[0]["reason"] and dead[0]["inbound_id"] == eid
     assert dead[0]["message"] == "MSH|..."  # the original fields are kept
     out = outbound(client)
-    assert out[0]["ack_code"] == "AR" and "not processed, resend" in out[0]["hl7"]
+    # a resend cannot help an entry without a message: the answer says so, not "resend"
+    assert out[0]["ack_code"] == "AR" and "cannot be processed: no hl7 field" in out[0]["hl7"]
+    assert "resend" not in out[0]["hl7"]
     assert client.xpending("t:inbound", "rxgate")["pending"] == 0
 
 

@@ -85,7 +85,7 @@ def test_poison_entries_end_on_the_deadletter_stream(env, procs):
     ok = r.xadd(inbound, {"hl7": adult_order_set("P0001", mrn="PM1")})
     entries = wait_outbound(r, outbound, 2)
     by_inbound = {f["inbound_id"]: f for _id, f in entries}
-    assert by_inbound[bad]["ack_code"] == "AR" and "not processed, resend" in by_inbound[bad]["hl7"]
+    assert by_inbound[bad]["ack_code"] == "AR" and "cannot be processed: no hl7 field" in by_inbound[bad]["hl7"]
     assert by_inbound[ok]["control_id"] == "P0001"
     dead = r.xrange(deadletter)
     assert len(dead) == 1

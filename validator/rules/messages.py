@@ -85,9 +85,10 @@ MESSAGE_RULES: tuple[MessageRule, ...] = (
     ),
     MessageRule(
         ("service.not_processed",),
-        "Not processed after its retries (or not taken by the broker): AR 207 \"not processed, resend\", kept "
-        "on the dead-letter stream, not audited and not stored under the message key, so a resend is "
-        "processed afresh.",
+        "Not processed after its retries (or not taken by the broker): AR 207 \"not processed, resend\", kept on "
+        "the dead-letter stream, not audited and not stored under the message key, so a resend is processed "
+        "afresh. A queue entry without an hl7 field is answered \"cannot be processed: no hl7 field\" instead (a "
+        "resend cannot help); an operator drops it (`rxgate deadletter drop`).",
     ),
     MessageRule(
         ("go.resent",),
@@ -101,6 +102,11 @@ MESSAGE_RULES: tuple[MessageRule, ...] = (
         "A new order whose identity is an accepted order's, with any other content (or an order accepted "
         "before rxgate kept order contents): refused, \"change it with XO or cancel it\". Its premedications "
         "are refused with it (go.orderset).",
+    ),
+    MessageRule(
+        ("rxgate.deadletter_drop",),
+        "Audit only (info, never in ERR-5): an operator dropped a dead letter (`rxgate deadletter drop ID "
+        "--reason TEXT`): who, why, the dead-letter id and reason.",
     ),
 )
 

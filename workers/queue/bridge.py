@@ -57,6 +57,7 @@ from workers.settings import Settings
 log = logging.getLogger("rxgate.bridge")
 
 NOT_PROCESSED_RULE = "service.not_processed"
+NO_HL7_MESSAGE = "cannot be processed: no hl7 field"
 
 # KEYS: inbound, outbound, deadletter. ARGV: group, consumer, entry id, outbound maxlen, then the
 # dead-letter entry (n field/value pairs, n = 0: none), then the responses (count, each n + pairs).
@@ -122,8 +123,10 @@ def safe_reason(exc: BaseException) -> str:
     return f"{type(exc).__module__}.{type(exc).__qualname__}" + (" (transient)" if is_transient(exc) else "")
 
 
-def not_processed_result(text: str, reason: str, tz) -> dict[str, Any]:
-    """The AR with ERR 207 "not processed, resend", answered without an audit record (docs/interfaces.md §3)."""
+def not_processed_result(text: str, reason: str, tz, message: str | None = None) -> dict[str, Any]:
+    """The AR with ERR 207 "not processed, resend", answered without an audit record (docs/interfaces.md §3).
+
+    `message`: another text, for an entry a resend cannot help ("cannot be processed: no hl7 field")."""
     header = None
     try:
         split = split_messages(text)
@@ -131,7 +134,7 @@ def not_processed_result(text: str, reason: str, tz) -> dict[str, Any]:
             header = read_header(split.messages[0], tz)
     except Exception:  # the header is a courtesy: without it the ACK has an empty MSA-2
         header = None
-    message = "not processed, resend"
+    message = message or "not processed, resend"
     response = build_rejection(header, NOT_PROCESSED_RULE, "207", message, None, datetime.now(tz))
     return {
         "control_id": (header.control_id or None) if header else None,
@@ -183,9 +186,13 @@ class _Batch:
     """The answers of processed entries, committed in one MULTI/EXEC."""
 
     ops: list[tuple[str, list[dict[str, Any]], dict[str, Any] | None]] = field(default_factory=list)
+    extra: dict[str, dict[str, str]] = field(default_factory=dict)  # entry id -> more outbound fields (replay_of)
 
-    def add(self, entry_id: str, responses: list[dict[str, Any]], deadletter: dict[str, Any] | None = None):
+    def add(self, entry_id: str, responses: list[dict[str, Any]], deadletter: dict[str, Any] | None = None,
+            extra: dict[str, str] | None = None):
         self.ops.append((entry_id, responses, deadletter))
+        if extra:
+            self.extra[entry_id] = extra
 
 
 class Bridge:
@@ -321,7 +328,7 @@ class Bridge:
                 opened = self.clock()
                 for entry_id, fields in entries:
                     hl7 = fields.get(b"hl7", fields.get("hl7"))
-                    if hl7 is None or self.stop.is_set():
+                    if hl7 is None or self.stop.is_set() or b"replay_of" in fields or "replay_of" in fields:
                         break
                     text = decode(hl7) if isinstance(hl7, bytes) else str(hl7)
                     started = time.perf_counter()
@@ -348,22 +355,34 @@ class Bridge:
         if "hl7" not in fields:
             reason = "entry has no hl7 field (fields: " + ",".join(sorted(fields)[:10]) + ")"
             log.warning("bridge: entry %s dead-lettered: %s", entry_id, reason)
-            result = not_processed_result("", reason, self.service.tz)
+            # a resend of the same entry cannot help: the answer says so (docs/interfaces.md §5 "Operators")
+            result = not_processed_result("", reason, self.service.tz, message=NO_HL7_MESSAGE)
             batch.add(entry_id, [result], self._deadletter_fields(entry_id, fields, reason, 1))
             return
         text = decode(fields["hl7"]) if isinstance(fields["hl7"], bytes) else str(fields["hl7"])
+        replay_of = _s(fields["replay_of"]) if "replay_of" in fields else None
+        # a resent dead letter is judged at the time its original entry was received
+        received_id = _s(fields["received_id"]) if replay_of and "received_id" in fields else entry_id
         try:
-            outcomes = self._process(entry_id, text, batch, remaining)
+            outcomes = self._process(entry_id, text, batch, remaining, received_id)
         except _GiveUp as exc:
             log.error("bridge: entry %s not processed after %d attempts (%s): dead-lettered, AR sent",
                       entry_id, exc.attempts, exc.safe)
             result = not_processed_result(text, exc.reason, self.service.tz)
             batch.add(entry_id, [result], self._deadletter_fields(entry_id, fields, exc.reason, exc.attempts))
             return
-        batch.add(entry_id, [o.result for o in outcomes])
+        if replay_of is None:
+            batch.add(entry_id, [o.result for o in outcomes])
+        elif all(o.redelivered for o in outcomes):
+            # resent dead letter whose message key was stored meanwhile (the sender resent it): the sender
+            # has that answer already, so nothing is published (docs/interfaces.md §5 "Operators")
+            log.info("bridge: resent dead letter %s was answered already: removed, nothing published", replay_of)
+            batch.add(entry_id, [])
+        else:
+            batch.add(entry_id, [o.result for o in outcomes], extra={"replay_of": replay_of})
 
-    def _process(self, entry_id: str, text: str, batch: _Batch, remaining: list[str]):
-        received_at = entry_time(entry_id, self.service.tz)
+    def _process(self, entry_id: str, text: str, batch: _Batch, remaining: list[str], received_id: str | None = None):
+        received_at = entry_time(received_id or entry_id, self.service.tz)
         delays = backoff_delays(self.settings)
         attempts = errors = 0
         while True:
@@ -410,7 +429,7 @@ class Bridge:
             args += _pairs(deadletter) if deadletter is not None else [0]  # the dead-letter stream: never trimmed
             args.append(len(responses))
             for result in responses:
-                args += _pairs(outbound_fields(result, entry_id))
+                args += _pairs(outbound_fields(result, entry_id) | batch.extra.get(entry_id, {}))
             self._answer(keys=keys, args=args, client=pipe)
         done = pipe.execute()
         for (entry_id, _, _), answered in zip(batch.ops, done, strict=True):
@@ -420,6 +439,7 @@ class Bridge:
                 self.taken_over += 1
                 log.warning("bridge: entry %s was taken over by another consumer meanwhile: its answer is theirs, "
                             "none sent here", entry_id)
+        batch.extra.clear()
 
     def _touch(self, ids: list[str], idle_ms: int = 0) -> list[str]:
         """Reset the idle time of entries we still hold, so no other consumer takes them over meanwhile

@@ -6,7 +6,7 @@ Existing chain rows keep key_id NULL: plain SHA-256 records from before the chai
 verification accepts only as the chain's oldest part (docs/interfaces.md §4).
 
 Revision ID: 0004_reliability
-Revises: 0007_cds_hooks
+Revises: 0002_real_traffic
 Create Date: 2026-12-02
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_reliability"
-down_revision = "0007_cds_hooks"
+down_revision = "0002_real_traffic"
 branch_labels = None
 depends_on = None
 

@@ -386,6 +386,14 @@ def _set_end(timing: Timing, moment: Moment | None) -> None:
     timing.end_latest = _latest(moment)  # type: ignore[assignment]
 
 
+def readable_patient(raw: RawMessage) -> Patient:
+    """PID-3 (and the rest of `Patient`) of a message that is rejected as a whole, when it can be read:
+    the audit record of an `AR` keeps it (docs/interfaces.md §5, "Rejected messages keep what could be
+    read"). An empty `Patient` when there is no PID."""
+    pid = next((seg for seg in raw.segments()[1:] if seg.name == "PID"), None)
+    return _read_patient(pid) if pid is not None else Patient()
+
+
 def _read_patient(pid: Segment) -> Patient:
     chosen = 0
     reps = pid.repetitions(3)

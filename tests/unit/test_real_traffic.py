@@ -172,3 +172,28 @@ def test_a_training_copy_of_an_order_is_not_a_resend_of_the_production_one():
     send(store, go_dose_message("PT1", "20261201"))
     training = send(store, with_msh(go_dose_message("PT2", "20261201"), f11="T"))
     assert training.ack_code == "AA" and "go.resent" not in rules_of(training.result["orders"][0], "info")
+
+
+# --- rejected messages keep what could be read -------------------------------------------------------------
+
+
+def test_ar_keeps_patient_sender_and_control_id_when_pid3_was_readable():
+    store = InMemoryStore()
+    outcome = send(store, adult_order_set("AR1", version="2.9"))
+    assert outcome.ack_code == "AR" and outcome.result["patient_id"] == "MRN55501"
+    [record] = store.audit
+    assert (record.patient_key, record.sender, record.control_id) == ("MRN55501^GENHOSP", "PHARMSYS^GENHOSP", "AR1")
+    assert store.orders == {}  # a rejected message adds nothing to the course
+
+
+def test_duplicate_control_id_ar_keeps_the_patient_too():
+    store = InMemoryStore()
+    send(store, adult_order_set("AR2"))
+    other = send(store, adult_order_set("AR2", mrn="MRN777"))
+    assert other.ack_code == "AR" and other.result["patient_id"] == "MRN777"
+    assert store.audit[-1].patient_key == "MRN777^GENHOSP"
+
+
+def test_ar_without_a_pid_has_no_patient():
+    outcome = send(InMemoryStore(), "MSH|^~\\&|A|B|C|D|20261201083000||RDE^O11^RDE_O11|N1|P|2.9\r")
+    assert outcome.ack_code == "AR" and outcome.result["patient_id"] is None

@@ -101,7 +101,7 @@ class CheckResult:
             message_type=order_set.message_type,
             ack_code=judgement.ack_code,
             response=response,
-            findings=[f.to_json() for f in judgement.findings],
+            findings=[{**f.to_json(), "order_index": f.order_index} for f in judgement.findings],
             orders=[OrderResult.of(v) for v in judgement.orders],
             patient_id=order_set.patient.id or None,
             protocol={"id": judgement.protocol_id, "version": judgement.protocol_version},
@@ -117,7 +117,7 @@ class CheckResult:
             ack_code="AR",
             response=response,
             findings=[{"rule": rule, "severity": "error", "location": location.short() if location else None,
-                       "message": message}],
+                       "message": message, "order_index": None}],
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -211,6 +211,8 @@ class OrderSet(_Model):
     receiving_facility: str = ""
     message_time: datetime | None = None  # MSH-7 (its earliest instant)
     message_time_latest: datetime | None = None
+    character_set: str = ""  # MSH-18 (first repetition), upper case: "UNICODE UTF-8" asks for UTF-8 answers
+    response_hd: list[str] = []  # MSH-3..6 re-encoded with `^~\\&`, the response's encoding characters
     patient: Patient = Field(default_factory=Patient)
     pid_line: str = ""
     orders: list[Order] = []

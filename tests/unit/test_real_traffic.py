@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tests.builders import adult_order_set, go_dose_message, msa, rules_of
 from validator import InMemoryStore, load_protocol, process_text
-from validator.er7 import redelivery_form
+from validator.er7 import Encoding, escape, redelivery_form, unescape
+from validator.response import MSA3_MAX, msa_text, to_ascii
 
 PROTOCOL = load_protocol()
 WHEN = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
@@ -197,3 +201,84 @@ def test_duplicate_control_id_ar_keeps_the_patient_too():
 def test_ar_without_a_pid_has_no_patient():
     outcome = send(InMemoryStore(), "MSH|^~\\&|A|B|C|D|20261201083000||RDE^O11^RDE_O11|N1|P|2.9\r")
     assert outcome.ack_code == "AR" and outcome.result["patient_id"] is None
+
+
+# --- faithful answers ---------------------------------------------------------------------------------------
+
+
+
+SUPERSCRIPT_DIGITS = "⁰¹²³⁴⁵⁶⁷⁸⁹"
+PLAIN = str.maketrans(SUPERSCRIPT_DIGITS, "0123456789")
+
+
+def test_ascii_forms_keep_the_meaning():
+    assert to_ascii("WBC 35 × 10⁹/L ≥ 30 × 10⁹/L") == "WBC 35 x 10^9/L >= 30 x 10^9/L"
+    assert to_ascii("9 mg/m² · 1.7 m², 5 µg, 10⁻³") == "9 mg/m2  1.7 m2, 5 ug, 10^-3"
+    assert to_ascii("10⁹/L", exponent="*") == "10*9/L"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet="abc (1)[]×≥µ²" + SUPERSCRIPT_DIGITS + " ", max_size=40),
+       st.integers(min_value=0, max_value=10**6), st.text(alphabet=SUPERSCRIPT_DIGITS, min_size=1, max_size=3))
+def test_property_an_exponent_never_becomes_digits_of_the_number(text, number, exponent):
+    answer = to_ascii(f"{text} {number}{exponent}/L {text}")
+    assert answer.isascii()
+    assert f" {number}^{exponent.translate(PLAIN)}/L" in answer
+
+
+def open_brackets(text: str) -> int:
+    depth = 0
+    for ch in text:
+        depth += {"(": 1, ")": -1}.get(ch, 0) if ch in "()" and (ch == "(" or depth > 0) else 0
+    return depth
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet=st.characters(codec="ascii", exclude_characters="\r\n"), max_size=300))
+def test_property_msa3_is_at_most_80_characters_and_never_ends_inside_a_bracket(reason):
+    cut = msa_text(reason)
+    assert len(cut) <= MSA3_MAX
+    if len(escape(reason)) <= MSA3_MAX:
+        assert cut == escape(reason)
+        return
+    assert cut.endswith("...")
+    head = unescape(cut[:-3], Encoding())
+    assert escape(head) == cut[:-3]  # never cut inside an escape sequence
+    assert reason.startswith(head) and open_brackets(head) == 0  # never inside a bracket
+
+
+def test_msa3_cut_at_a_word_boundary_outside_brackets():
+    reason = ("go.wbc: WBC 35 x 10^9/L is at or above 30 x 10^9/L and no cytoreduction is documented "
+              "(hydroxyurea or leukapheresis within 14 days before the GO start)")
+    cut = msa_text(reason)
+    assert cut.endswith(" no cytoreduction...") and len(cut) <= 80 and "(" not in cut
+    assert "10\\S\\9/L" in cut  # the exponent escaped, never a raw ^ that would split MSA-3
+
+
+def pid_named(text: str, name: str) -> str:
+    return text.replace("DOE^JANE^A", name)
+
+
+def test_utf8_declared_answers_keep_names_and_declare_msh18():
+    text = with_msh(pid_named(adult_order_set("U8"), "MÜLLER^JÜRGEN"), f18="UNICODE UTF-8")
+    outcome = send(InMemoryStore(), text)
+    assert "PID|1||MRN55501^^^GENHOSP^MR||MÜLLER^JÜRGEN" in outcome.response
+    assert msh_fields(outcome.response)[17] == "UNICODE UTF-8"
+    ascii_answer = send(InMemoryStore(), pid_named(adult_order_set("U9"), "MÜLLER^JÜRGEN")).response
+    assert ascii_answer.isascii() and "MULLER^JURGEN" in ascii_answer and len(msh_fields(ascii_answer)) == 12
+
+
+def test_utf8_is_not_declared_below_v25():
+    text = with_msh(pid_named(adult_order_set("U7", version="2.4"), "MÜLLER^JÜRGEN"), f18="UNICODE UTF-8")
+    assert send(InMemoryStore(), text).response.isascii()
+
+
+def test_response_msh3_to_6_reencoded_with_the_responses_own_encoding_characters():
+    custom = adult_order_set("CE1").replace("MSH|^~\\&|PHARMSYS|GENHOSP|RXGATE|GENHOSP|",
+                                            "MSH|*~\\&|PHARMSYS*SITE A|GENHOSP*1.2.3*ISO|RXGATE|GENHOSP|", 1)
+    # the rest of the message is written with ^ too; only the MSH fields matter here
+    outcome = send(InMemoryStore(), custom)
+    fields = msh_fields(outcome.response)
+    assert fields[1] == "^~\\&"
+    assert fields[4] == "PHARMSYS^SITE A" and fields[5] == "GENHOSP^1.2.3^ISO"
+    assert (fields[2], fields[3]) == ("RXGATE", "GENHOSP")

@@ -136,6 +136,7 @@ class Order(_Model):
     placer_namespace: str = ""  # ORC-2.2
     filler_number: str = ""  # ORC-3.1
     placer_group: str = ""  # ORC-4.1
+    verified_by: str = ""  # ORC-11 as sent (who verified an override)
     drug: Coded = Field(default_factory=Coded)  # RXE-2, else RXO-1
     drug_location: Location | None = None
     amount: Decimal | None = None  # RXE-3, else RXO-2
@@ -210,6 +211,8 @@ class OrderSet(_Model):
     receiving_facility: str = ""
     message_time: datetime | None = None  # MSH-7 (its earliest instant)
     message_time_latest: datetime | None = None
+    character_set: str = ""  # MSH-18 (first repetition), upper case: "UNICODE UTF-8" asks for UTF-8 answers
+    response_hd: list[str] = []  # MSH-3..6 re-encoded with `^~\\&`, the response's encoding characters
     patient: Patient = Field(default_factory=Patient)
     pid_line: str = ""
     orders: list[Order] = []

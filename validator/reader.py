@@ -63,6 +63,8 @@ def read_header(raw: RawMessage, tz: tzinfo) -> OrderSet:
         receiving_facility=msh.field(6),
         message_time=parse_datetime(msh.field(7), tz),
         message_time_latest=_latest(parse_moment(msh.field(7), tz)),
+        character_set=msh.component(18, 1).upper(),
+        response_hd=[reencode_field(msh.field(n), msh.enc) for n in (3, 4, 5, 6)],
     )
 
 
@@ -191,6 +193,7 @@ def _new_order(index: int, orc: Segment | None) -> Order:
         placer_namespace=orc.component(2, 2),
         filler_number=orc.component(3, 1),
         placer_group=orc.component(4, 1),
+        verified_by=orc.field(11).strip(),
         orc_location=Location(segment="ORC", occurrence=orc.occurrence, field=1),
         orc_line=reencode(orc),
     )
@@ -385,6 +388,14 @@ def _set_end(timing: Timing, moment: Moment | None) -> None:
     timing.end_latest = _latest(moment)  # type: ignore[assignment]
 
 
+def readable_patient(raw: RawMessage) -> Patient:
+    """PID-3 (and the rest of `Patient`) of a message that is rejected as a whole, when it can be read:
+    the audit record of an `AR` keeps it (docs/interfaces.md §5, "Rejected messages keep what could be
+    read"). An empty `Patient` when there is no PID."""
+    pid = next((seg for seg in raw.segments()[1:] if seg.name == "PID"), None)
+    return _read_patient(pid) if pid is not None else Patient()
+
+
 def _read_patient(pid: Segment) -> Patient:
     chosen = 0
     reps = pid.repetitions(3)
@@ -475,16 +486,20 @@ def _leaf_text(seg: Segment, n: int) -> str:
 STANDARD = Encoding()
 
 
+def reencode_field(raw: str, enc: Encoding) -> str:
+    """One field written with the standard encoding characters `^~\\&` (the response's)."""
+    if enc == STANDARD:
+        return raw
+    reps = []
+    for rep in raw.split(enc.repetition):
+        comps = ["&".join(escape(unescape(sub, enc)) for sub in comp.split(enc.subcomponent))
+                 for comp in rep.split(enc.component)]
+        reps.append("^".join(comps))
+    return "~".join(reps)
+
+
 def reencode(seg: Segment) -> str:
     """A segment written with the standard encoding characters `|^~\\&` (the response's)."""
     if seg.enc == STANDARD:
         return seg.line
-    out_fields: list[str] = []
-    for raw in seg.fields[1:]:
-        reps = []
-        for rep in raw.split(seg.enc.repetition):
-            comps = ["&".join(escape(unescape(sub, seg.enc)) for sub in comp.split(seg.enc.subcomponent))
-                     for comp in rep.split(seg.enc.component)]
-            reps.append("^".join(comps))
-        out_fields.append("~".join(reps))
-    return seg.name + "|" + "|".join(out_fields)
+    return seg.name + "|" + "|".join(reencode_field(raw, seg.enc) for raw in seg.fields[1:])

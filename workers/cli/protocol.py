@@ -7,6 +7,7 @@ import argparse
 from validator import ProtocolError, load_protocol
 from validator.protocol import Protocol, bundled_ids
 from validator.rules import DOSE_RULES
+from validator.rules.messages import MESSAGE_RULES, message_rule
 from workers.cli.usage import UsageError
 
 
@@ -77,43 +78,6 @@ def summary(p: Protocol) -> str:
     return "\n".join(lines)
 
 
-MESSAGE_RULES = {
-    "go.patient": "The message has no patient identifier (PID-3): every GO order is refused, since the course "
-                  "history cannot be used without it.",
-    "go.observation_time": "An observation dated after the message time (MSH-7, else the time received) plus "
-                           "`observations.future_tolerance_minutes` is invalid data: ignored, with a warning.",
-    "go.orderset": "A premedication that belongs to a refused GO dose is refused with it.",
-    "go.scope": "An order that is not a GO order is accepted without protocol checks (info).",
-    "go.cancel": "A CA/DC request for an order not known as accepted (same patient, sender and ORC-2): UC/UD, AE; "
-                 "an info when a cancelled GO dose had already started and stays in the course history.",
-    "go.protocol": "The order names a protocol code (RXGATE_PROTOCOL_FIELD) that the service does not know.",
-    "hl7.order_control": "ORC-1 other than NW, XO, RP (new orders) or CA, DC (cancellations): the order is refused.",
-    "hl7.structure / hl7.message_type / hl7.trigger_event / hl7.version / hl7.control_id / hl7.size": "The "
-        "message as a whole is rejected (AR) with a table 0357 code: 100/101/102 structure, 200/201/203 "
-        "unsupported type/event/version, 207 otherwise.",
-    "hl7.processing_id": "MSH-11 other than P (production), T (training) or D (debugging), or a processing mode "
-                         "(MSH-11.2) other than empty or T: AR, ERR-3 202. T and D messages are judged like P ones "
-                         "but keep their own message keys, order identities and course histories.",
-    "hl7.duplicate_control_id": "The message key (MSH-11, MSH-3, MSH-4, MSH-10) was already used for other content "
-                                "(after emptying MSH-7 and trailing empty fields): AR, ERR-3 205. The same content "
-                                "again gets the stored answer byte for byte.",
-    "rxgate.internal_error": "An internal error while judging: AR 207, logged with the control id; never silence. "
-                             "A CDS Hooks call answers it as a critical card (audited, logged with the hookInstance).",
-    "rxgate.fhir": "CDS Hooks: a FHIR resource rxgate cannot use (not valid FHIR R4, another patient's, a medication "
-                   "that cannot be read): an error card, and the resource is left out of the judgement. A GO "
-                   "MedicationRequest whose timing plans more than one administration is refused by `go.schedule` "
-                   "(\"one order per dose: this order plans more than one start\").",
-    "rxgate.timeout": "MLLP: no verdict within RXGATE_MLLP_TIMEOUT: AR 207 on that connection only (not stored, "
-                      "published or audited); the message stays queued and a resend with the same control id gets "
-                      "its verdict.",
-    "service.not_processed": "Not processed after its retries (or not taken by the broker): AR 207 \"not processed, "
-                             "resend\", kept on the dead-letter stream, not audited and not stored under the message "
-                             "key, so a resend is processed afresh. A queue entry without an hl7 field is answered "
-                             "\"cannot be processed: no hl7 field\" instead (a resend cannot help); an operator "
-                             "drops it (`rxgate deadletter drop`).",
-    "rxgate.deadletter_drop": "Audit only (info, never in ERR-5): an operator dropped a dead letter "
-                              "(`rxgate deadletter drop ID --reason TEXT`): who, why, the dead-letter id and reason.",
-}
 
 
 def rules_markdown(protocol: Protocol) -> str:
@@ -135,7 +99,7 @@ def rules_markdown(protocol: Protocol) -> str:
             out += [f"- `{name}` = `{_lookup(protocol, name)}`" for name in rule.parameters]
             out.append("")
     out += ["## Message and order rules", ""]
-    out += [f"- `{rid}` — {text}" for rid, text in MESSAGE_RULES.items()]
+    out += [f"- {' / '.join(f'`{rid}`' for rid in rule.ids)} — {rule.doc}" for rule in MESSAGE_RULES]
     return "\n".join(out) + "\n"
 
 
@@ -151,13 +115,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for rule in DOSE_RULES:
             first = rule.doc.strip().splitlines()[0] if rule.doc.strip() else ""
             print(f"{rule.id:<20} {first.split(' — ', 1)[-1]}")
+        for message_level in MESSAGE_RULES:
+            print(f"{' / '.join(message_level.ids):<20} {message_level.doc.split(': ', 1)[0].split('. ', 1)[0]}")
         return 0
     rule = rules.get(args.rule)
     if rule is None:
-        # message-level rules (MESSAGE_RULES): one text may document several ids ("a / b / c")
-        text = next((t for ids, t in MESSAGE_RULES.items() if args.rule in ids.split(" / ")), None)
-        if text is not None:
-            print(f"{args.rule} — {text}")
+        message_level = message_rule(args.rule)  # validator/rules/messages.py
+        if message_level is not None:
+            print(f"{args.rule} — {message_level.doc}")
             return 0
         raise UsageError(f"unknown rule {args.rule!r}; known: {', '.join(rules)}")
     print(rule.doc.strip())

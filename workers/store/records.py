@@ -144,20 +144,34 @@ def _finding_row(seq: int, position: int, order_index: int | None, placer_number
 
 
 def finding_rows(seq: int, result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The `findings` rows (column values) of one record."""
+    """The `findings` rows (column values) of one record, each filed under the order it was found on.
+
+    The order comes from the finding's `order_index` (docs/interfaces.md §1), never from matching its
+    text: several orders may have findings that read alike (three `go.orderset` premeds).
+    """
     orders = result.get("orders") or []
-    rows = []
     listed = result.get("findings") or []
-    for position, f in enumerate(listed):
-        order_index = next((i for i, o in enumerate(orders) if f in (o.get("findings") or [])), None)
+    indices = [f.get("order_index") for f in listed] if all("order_index" in f for f in listed) else \
+        _positional_order_indices(result)
+    rows = []
+    for position, (f, order_index) in enumerate(zip(listed, indices, strict=True)):
+        valid = isinstance(order_index, int) and 0 <= order_index < len(orders)
+        order_index = order_index if valid else None
         placer = orders[order_index].get("placer_order_number") if order_index is not None else None
         rows.append(_finding_row(seq, position, order_index, placer, f))
-    # order findings that the message-level list does not repeat (it should hold them all)
-    for i, order in enumerate(orders):
-        for f in order.get("findings") or []:
-            if f not in listed:
-                rows.append(_finding_row(seq, len(rows), i, order.get("placer_order_number"), f))
     return rows
+
+
+def _positional_order_indices(result: dict[str, Any]) -> list[int | None]:
+    """For a result stored without `order_index`: the list holds the message's own findings, then each
+    order's findings in order, so positions tell the order."""
+    orders = result.get("orders") or []
+    listed = result.get("findings") or []
+    per_order = [i for i, o in enumerate(orders) for _ in (o.get("findings") or [])]
+    own = len(listed) - len(per_order)
+    if own < 0:
+        return [None] * len(listed)
+    return [None] * own + per_order
 
 
 def _as_utc(value: datetime) -> datetime:

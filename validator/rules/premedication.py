@@ -328,6 +328,8 @@ def _judge(ctx: DoseContext, premed: Premedication, given: _Given, audit: dict, 
                         given.dose_location,
                         ordered_mg=str(ordered_mg), expected_mg=str(expected.expected_mg),
                         low_mg=str(expected.low_mg), high_mg=str(expected.high_mg),
+                        # never overridden (docs/protocol.md, "Overrides with a reason")
+                        above_maximum=expected.max_mg is not None and ordered_mg > expected.max_mg,
                     ))
 
     # Route.
@@ -407,6 +409,7 @@ def _judge_total(ctx: DoseContext, premed: Premedication, given: list[_Given], a
                 f"tolerance {_fmt(params.dose_tolerance_percent)}%"
                 + (f", never above {_fmt(expected.max_mg)} mg)" if expected.max_mg is not None else ")"),
                 given[0].dose_location, total_mg=str(total), expected_mg=str(expected.expected_mg),
+                above_maximum=expected.max_mg is not None and total > expected.max_mg,
             ))
     return out
 

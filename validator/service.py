@@ -150,6 +150,8 @@ def judgement_result(judgement: Judgement, response: str) -> dict[str, Any]:
                 "findings": [f.to_json() for f in v.findings],
                 **({"protocol": {"id": v.computed["protocol_id"], "version": v.computed["protocol_version"]}}
                    if "protocol_id" in v.computed else {}),
+                # overrides with a reason applied to this order (docs/protocol.md): the audit record marks them
+                **({"overrides": v.computed["overrides"]} if v.computed.get("overrides") else {}),
             }
             for v in judgement.orders
         ],

@@ -64,3 +64,15 @@ def test_the_auditor_page_and_api_show_the_override(sqlite_url):
         api = client.get("/audit/messages", params={"overridden": "true"}, headers=AUTH)
         assert api.status_code == 200, api.text
         assert [m["control_id"] for m in api.json()["items"]] == ["OVR1"]
+
+
+def test_protocol_check_shows_the_new_parameters():
+    from validator import load_protocol
+    from workers.cli.protocol import summary
+
+    bundled = summary(load_protocol())
+    assert "overridable: none; override verifiers (ORC-11): none" in bundled
+    assert "route: IV by code first (RXR-1.3 HL70162" in bundled and "other systems: none (unreadable)" in bundled
+    assert "valid up to 60 min after MSH-7 (exact instants" in bundled
+    site = summary(_protocol())
+    assert "overridable: go.dose, go.premedication; override verifiers (ORC-11): PHARM17" in site

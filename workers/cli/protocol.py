@@ -48,7 +48,9 @@ def summary(p: Protocol) -> str:
         f"  eligibility: age >= {p.eligibility.min_age_years} y; pediatric doses below {p.eligibility.pediatric_below_years} y",
         f"  dose: {p.dose.mg_per_m2} mg/m2 (Mosteller BSA) +/- {p.dose.tolerance_percent} %{cap}; "
         f"BSA OBX cross-check {p.dose.bsa_crosscheck_percent} %",
-        f"  route: {', '.join(p.route.codes)}",
+        f"  route: {', '.join(p.route.codes)} by code first (RXR-1.3 {', '.join(p.code_systems.route_table)} or empty); "
+        f"text {', '.join(p.route.text_contains) or '-'} only when the code is empty; other systems: "
+        + ("; ".join(f"{'/'.join(r.systems)} {r.code} -> {r.route}" for r in p.route_codes) or "none (unreadable)"),
         f"  infusion: {p.infusion.minutes} +/- {p.infusion.tolerance_minutes} min; sources agree within "
         f"{p.infusion.max_source_disagreement_minutes} min",
         f"  schedule: course days {', '.join(map(str, p.schedule.days))} (+/- {p.schedule.tolerance_days} d), "
@@ -73,6 +75,10 @@ def summary(p: Protocol) -> str:
         f"  liver ({p.liver.severity}): " + ", ".join(f"{t.name} > {t.max_uln_multiple} x ULN" for t in p.liver.tests)
         + f", within {p.liver.max_age_hours} h",
         f"  HSCT ({p.hsct.severity}): at least {p.hsct.min_days_after_last_dose} days after the last dose",
+        f"  observations: valid up to {p.observations.future_tolerance_minutes} min after MSH-7 (exact instants; "
+        "coarse or daylight-saving-ambiguous times at the less favourable reading)",
+        f"  overridable: {', '.join(p.overridable) or 'none'}; override verifiers (ORC-11): "
+        f"{', '.join(p.override_verifiers) or 'none'}",
     ]
     return "\n".join(lines)
 
@@ -87,6 +93,10 @@ MESSAGE_RULES = {
     "go.cancel": "A CA/DC request for an order not known as accepted (same patient, sender and ORC-2): UC/UD, AE; "
                  "an info when a cancelled GO dose had already started and stays in the course history.",
     "go.protocol": "The order names a protocol code (RXGATE_PROTOCOL_FIELD) that the service does not know.",
+    "go.override": "An override with a reason (NTE `RXGATE-OVERRIDE <rule id>: <reason>` directly after the RXE/RXO) "
+                   "of a rule the order's protocol does not mark `overridable`, without a reason, or without an "
+                   "ORC-11 verifier listed in `override_verifiers`: the order is refused. A valid one turns that "
+                   "rule's errors into warnings (never a premedication above its maximum, never go.orderset).",
     "hl7.order_control": "ORC-1 other than NW, XO, RP (new orders) or CA, DC (cancellations): the order is refused.",
     "hl7.structure / hl7.message_type / hl7.trigger_event / hl7.version / hl7.control_id / hl7.size / "
     "hl7.duplicate_control_id": "The message as a whole is rejected (AR) with a table 0357 code: 100/101/102 "

@@ -16,7 +16,8 @@ One audit record = one row of `audit_chain` + `messages` + `verdicts` + `respons
                  set (never deleted) when a cancellation removes it from the course.
 - `cancellations` every CA/DC request applied, with `leaves_history`.
 - `overrides`    message_id; order index / placer number, rule, reason, verified by (ORC-11): every
-                 override with a reason applied to an order (docs/protocol.md, migration 0003_overrides).
+                 override with a reason applied to an order (docs/protocol.md, "Overrides with a reason";
+                 migration 0003_overrides).
 
 The schema itself is created and changed only by the Alembic migrations (`migrations/versions/`,
 which keep their own copies of these lengths: a migration is history and never follows this file).

@@ -302,3 +302,14 @@ def fill_audit_store(url: str) -> None:
 AUDIT_TOKEN = "s3cret-audit-token"
 AUDIT_TOKEN_SHA = hashlib.sha256(AUDIT_TOKEN.encode()).hexdigest()
 AUDIT_AUTH = {"Authorization": f"Bearer {AUDIT_TOKEN}"}
+
+
+def login(client, token: str, **extra):
+    """POST /login as a browser does: GET the form first (its CSRF token, in a cookie and a hidden field)."""
+    import re
+
+    form = client.get("/login")
+    found = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert found, "the login form has no CSRF token"
+    extra.setdefault("follow_redirects", False)
+    return client.post("/login", data={"token": token, "csrf": found.group(1)}, **extra)

@@ -39,3 +39,21 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class FakeHl7Judge:
+    """Stands in for workers.queue.verdicts.Verdicts behind POST /hl7: records each message handed to it
+    and answers `answer` (an ACK naming the message's control id by default), or raises `fail`."""
+
+    def __init__(self, answer: str | None = None, fail: Exception | None = None):
+        self.answer, self.fail = answer, fail
+        self.received: list[str] = []
+
+    async def judge(self, raw, timeout: float):
+        self.received.append(raw.text)
+        if self.fail is not None:
+            raise self.fail
+        if self.answer is not None:
+            return None, self.answer
+        control_id = raw.text.split("\r", 1)[0].split("|")[9] if raw.text.count("|") >= 9 else ""
+        return None, f"MSH|^~\\&|RXGATE|PHARM|||20261202||ACK|A{control_id}|P|2.5\rMSA|AA|{control_id}\r"

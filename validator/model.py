@@ -131,6 +131,9 @@ class Timing(_Model):
         return "PRN" in self.priority.upper().split("~") or bool(self.condition)
 
 
+NEW_ORDER_CONTROLS = ("NW", "XO", "RP", "")  # ORC-1 of a new order (XO/RP replace one); CA/DC cancel
+
+
 class Order(_Model):
     """One ORDER group: ORC with its RXE/RXO, RXR, TQ1, RXC and OBX."""
 
@@ -170,6 +173,16 @@ class Order(_Model):
     orc_line: str = ""
 
     @property
+    def is_new(self) -> bool:
+        """A new order (NW, XO, RP or an empty ORC-1), the orders the rules judge and count as evidence.
+
+        `control` is compared as read: the reader strips and upper-cases ORC-1, so a control that
+        was not normalised (an order built by hand as `nw`) is no new order, the same reading as the
+        engine's, which refuses it as an unprocessed order control (docs/protocol.md).
+        """
+        return self.control in NEW_ORDER_CONTROLS
+
+    @property
     def placer_key(self) -> str:
         return f"{self.placer_number}^{self.placer_namespace}"
 
@@ -198,6 +211,8 @@ class OrderSet(_Model):
     message_code: str = ""  # MSH-9.1
     trigger_event: str = ""  # MSH-9.2
     version: str = ""  # MSH-12.1
+    processing_id: str = "P"  # MSH-11.1, upper case; empty is P
+    processing_mode: str = ""  # MSH-11.2
     sending_application: str = ""
     sending_facility: str = ""
     receiving_application: str = ""
@@ -212,3 +227,15 @@ class OrderSet(_Model):
     @property
     def sender(self) -> str:
         return f"{self.sending_application}^{self.sending_facility}"
+
+    @property
+    def course_key(self) -> str:
+        """The key of the patient's course history: the patient key, kept apart per processing id.
+
+        Production (`P`) uses the patient key itself; a training (`T`) or debugging (`D`) message
+        has its own history (`MRN^AUTH#T`), so a training copy never blocks or counts for production.
+        """
+        key = self.patient.key
+        if not key or self.processing_id == "P":
+            return key
+        return f"{key}#{self.processing_id}"

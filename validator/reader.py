@@ -55,6 +55,8 @@ def read_header(raw: RawMessage, tz: tzinfo) -> OrderSet:
         message_code=msh.component(9, 1).upper(),
         trigger_event=msh.component(9, 2).upper(),
         version=msh.component(12, 1),
+        processing_id=msh.component(11, 1).upper() or "P",
+        processing_mode=msh.component(11, 2).upper(),
         sending_application=msh.field(3),
         sending_facility=msh.field(4),
         receiving_application=msh.field(5),
@@ -62,6 +64,21 @@ def read_header(raw: RawMessage, tz: tzinfo) -> OrderSet:
         message_time=parse_datetime(msh.field(7), tz),
         message_time_latest=_latest(parse_moment(msh.field(7), tz)),
     )
+
+
+PROCESSING_IDS = ("P", "T", "D")  # production, training, debugging (docs/protocol.md, Processing id)
+PROCESSING_MODES = ("", "T")  # MSH-11.2: current processing, or T (current processing, transmitted at intervals)
+
+
+def check_processing_id(order_set: OrderSet) -> None:
+    """MSH-11: P, T or D (empty is P), with an empty or `T` processing mode; else AR 202."""
+    if order_set.processing_id not in PROCESSING_IDS or order_set.processing_mode not in PROCESSING_MODES:
+        sent = order_set.processing_id + (f"^{order_set.processing_mode}" if order_set.processing_mode else "")
+        raise MessageRejected(
+            "hl7.processing_id", "202",
+            f"processing id {sent!r} (MSH-11) is not supported: P (production), T (training) or D (debugging)",
+            "MSH", 11,
+        )
 
 
 def check_supported(order_set: OrderSet) -> None:
@@ -87,6 +104,7 @@ def check_supported(order_set: OrderSet) -> None:
             f"event {order_set.message_code}^{order_set.trigger_event or '(none)'} is not supported "
             f"(supported: {', '.join(order_set.message_code + '^' + e for e in events)})", "MSH", 9,
         )
+    check_processing_id(order_set)
     if not order_set.control_id:
         raise MessageRejected("hl7.control_id", "101", "MSH-10 (message control id) is missing", "MSH", 10)
 

@@ -20,7 +20,6 @@ from .rules.base import DoseContext
 from .rules.eligibility import age_in_years
 from .rules.premedication import belonging_premedications
 
-NEW_ORDER_CONTROLS = ("NW", "XO", "RP", "")
 CANCEL_CONTROLS = {"CA": ("CR", "UC"), "DC": ("DR", "UD")}
 
 
@@ -79,7 +78,7 @@ def judge(
         )
         for o in order_set.orders
     ]
-    patient_key = order_set.patient.key
+    patient_key = order_set.course_key
     cancellations: list[Cancellation] = []
 
     # Order control codes first: cancellations and unknown codes are not judged as orders.
@@ -90,14 +89,14 @@ def judge(
             cancellation = _cancel(verdict, order_set, history, received_at)
             if cancellation is not None:
                 cancellations.append(cancellation)
-        elif control in NEW_ORDER_CONTROLS and not verdict.order.has_give:
+        elif verdict.order.is_new and not verdict.order.has_give:
             verdict.control = "UA"
             verdict.findings.append(_at(error(
                 "hl7.structure",
                 "order group has an ORC but no RXE or RXO: there is no drug order to validate",
                 verdict.order.orc_location,
             ), verdict))
-        elif control not in NEW_ORDER_CONTROLS:
+        elif not verdict.order.is_new:
             verdict.control = "UA"
             verdict.findings.append(
                 _at(error(
@@ -293,7 +292,7 @@ def _placer(order: Order) -> str:
 
 def _history_entry(order: Order, order_set: OrderSet, protocol: Protocol, *, protocol_order: bool) -> HistoryEntry:
     return HistoryEntry(
-        patient_key=order_set.patient.key,
+        patient_key=order_set.course_key,
         sender=order_set.sender,
         placer_number=order.placer_number,
         placer_namespace=order.placer_namespace,
@@ -346,7 +345,7 @@ def _cancel(
             order.orc_location,
         ), verdict))
     return Cancellation(
-        patient_key=order_set.patient.key,
+        patient_key=order_set.course_key,
         sender=order_set.sender,
         placer_number=order.placer_number,
         placer_namespace=order.placer_namespace,

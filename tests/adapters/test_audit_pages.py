@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from tests.builders import AUDIT_AUTH as AUTH
 from tests.builders import AUDIT_TOKEN_SHA as TOKEN_SHA
-from tests.builders import NY, adult_order_set, fill_audit_store, finding, go_order
+from tests.builders import NY, adult_order_set, fill_audit_store, finding, go_order, login
 from tests.builders import audit_record as record
 from tests.paths import ROOT
 from validator import load_protocol, process_text
@@ -57,7 +57,7 @@ def test_each_page_answers_with_its_template(client):
         (client.get("/login"), 200, "login.html"),
         (client.get("/ui"), 401, "login.html"),  # a stranger gets the form
         (client.get("/ui/messages/1"), 401, "login.html"),
-        (client.post("/login", data={"token": "nope"}), 401, "login.html"),
+        (login(client, "nope"), 401, "login.html"),
         (client.get("/ui", headers=AUTH), 200, "list.html"),
         (client.get("/ui", params={"since": "2026-02-30"}, headers=AUTH), 422, "list.html"),
         (client.get("/ui/messages/3", headers=AUTH), 200, "detail.html"),

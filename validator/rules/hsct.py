@@ -35,8 +35,6 @@ from .labs import SECONDS_PER_DAY, duration_text, exact_duration, num, when
 
 RULE_ID = "go.hsct"
 
-NEW_ORDER_CONTROLS = ("NW", "XO", "RP", "")
-
 
 def _records(ctx: DoseContext) -> tuple[list[tuple[str, datetime, Location | None]], list[Finding]]:
     """(what, planned date, location) of each HSCT record; `info` for a matching OBX whose value is not a date."""
@@ -56,7 +54,7 @@ def _records(ctx: DoseContext) -> tuple[list[tuple[str, datetime, Location | Non
     as_drug = DrugMatch(local_codes=match.codes, text_contains=match.text_contains)
     for order in ctx.message_orders:
         if (order.index == ctx.dose.index or order.timing.start is None
-                or order.control.strip().upper() not in NEW_ORDER_CONTROLS
+                or not order.is_new
                 or is_protocol_drug(order.drug, ctx.protocol)
                 or not drug_matches(order.drug, as_drug, ctx.protocol)):
             continue

@@ -56,9 +56,8 @@ from .route import read_route
 
 RULE_ID = "go.premedication"
 
-# Order controls judged as new orders (the engine's list, validator/verdict.py): a cancellation
-# (CA/DC) or an unknown control in the same message is no evidence that a premed is given.
-_NEW_ORDER_CONTROLS = ("NW", "XO", "RP", "")
+# Only new orders (`Order.is_new`) are evidence: a cancellation (CA/DC) or an unknown control in
+# the same message is no evidence that a premed is given.
 
 
 # --- belonging ---------------------------------------------------------------------------------
@@ -115,7 +114,7 @@ def _order_start(order: Order) -> Start:
 
 def _is_premed_evidence(order: Order, protocol: Protocol) -> bool:
     return (
-        order.control in _NEW_ORDER_CONTROLS
+        order.is_new
         and order.timing.start is not None
         and not order.timing.as_needed  # a rescue order prepares no dose
         and not is_protocol_drug(order.drug, protocol)
@@ -434,7 +433,7 @@ def check(ctx: DoseContext) -> list[Finding]:
 
     # Belonging over every GO order of the message with a start, so the nearest dose wins; each
     # dose's own protocol says which drugs are its premeds and how far its window reaches.
-    message_go = [o for o in orders if o.control in _NEW_ORDER_CONTROLS
+    message_go = [o for o in orders if o.is_new
                   and (o.index in ctx.dose_protocols or is_protocol_drug(o.drug, protocol))]
     belongs = belonging_premedications(ctx.order_set, message_go, protocol,
                                        {**ctx.dose_protocols, ctx.dose.index: protocol})
@@ -469,7 +468,7 @@ def check(ctx: DoseContext) -> list[Finding]:
             text = _missing_text(ctx, premed)
             untimed = [
                 o for o in orders
-                if o.control in _NEW_ORDER_CONTROLS and o.timing.start is None and not o.timing.as_needed
+                if o.is_new and o.timing.start is None and not o.timing.as_needed
                 and (m := premedication_for(o.drug, protocol)) is not None and m[0].name == premed.name
             ]
             if untimed:

@@ -58,7 +58,6 @@ from .labs import (
 
 RULE_ID = "go.wbc"
 
-NEW_ORDER_CONTROLS = ("NW", "XO", "RP", "")  # cancellations (CA/DC) are not evidence of cytoreduction
 UNIT = "× 10⁹/L"
 
 
@@ -144,7 +143,7 @@ def _cytoreduction(ctx: DoseContext, start: datetime) -> tuple[list[str], list[s
 
     for order in ctx.message_orders:
         kind = kind_of(order.drug)
-        if kind and order.index != ctx.dose.index and order.control.strip().upper() in NEW_ORDER_CONTROLS:
+        if kind and order.index != ctx.dose.index and order.is_new:
             consider(kind, f"{order.placer_number or order.drug_label()} (this message)", order.timing.start,
                      order.timing.start_latest)
     for entry in ctx.history:

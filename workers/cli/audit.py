@@ -3,7 +3,16 @@
     rxgate audit [--db URL] [--patient ID] [--since DATE] [--until DATE] [--outcome AA|AE|AR]
                  [--rule RULE] [--control-id ID] [--overridden] [--format table|json|csv] [--limit N]
     rxgate audit verify [--db URL] [--anchor SEQ:HASH]   exit 0 intact, 1 broken (names the first bad seq)
-    rxgate audit head [--db URL]                          the latest sequence number and hash, to anchor
+    rxgate audit verify --file FILE [--anchor SEQ:HASH]  the same for an archive, on its own (no database)
+    rxgate audit head [--db URL]                          SEQ:HASH of the latest record, as --anchor takes it
+    rxgate audit access [--db URL] [--user NAME] [--since DATE] [--format table|json|csv]
+                                                          who read patient data (the chained access log);
+                                                          exit 1 when its chain is broken
+    rxgate audit archive --before DATE --out FILE [--db URL]   the chain up to DATE as JSON Lines (retention)
+
+A query that prints patient data is itself a read: it leaves an access-log row naming the OS user
+(`cli:NAME`). CSV cells that would start a formula (= + - @, a tab or a carriage return) are
+prefixed with `'` (docs/interfaces.md §5 "Access").
 
 The database is --db URL, else RXGATE_DATABASE_URL, else ./var/rxgate.db.
 """
@@ -12,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import getpass
 import json
+import os
 import sys
+from datetime import UTC, datetime, time
 from typing import TYPE_CHECKING, TextIO
 
 from pydantic import ValidationError
@@ -35,7 +47,9 @@ def register(sub) -> None:
         description="Query the audit log (filters combine with AND), `audit verify` to check its hash chain, "
                     "`audit head` to print the latest sequence number and hash for anchoring elsewhere.",
     )
-    p.add_argument("action", nargs="?", choices=("verify", "head"), help="verify the chain, or print its head")
+    p.add_argument("action", nargs="?", choices=("verify", "head", "access", "archive"),
+                   help="verify the chain, print its head, list the access log, or archive its first records")
+    p.add_argument("--user", help="access: reads by this user only")
     p.add_argument("--db", help="database URL (else RXGATE_DATABASE_URL, else ./var/rxgate.db)")
     p.add_argument("--patient", help="patient identifier (PID-3), or ID^authority")
     p.add_argument("--since", metavar="DATE", help="received on or after DATE (YYYY-MM-DD, service time zone)")
@@ -48,6 +62,9 @@ def register(sub) -> None:
     p.add_argument("--format", default="table", help="table (default), json (JSON Lines) or csv")
     p.add_argument("--limit", type=int, help="at most N messages")
     p.add_argument("--anchor", metavar="SEQ:HASH", help="verify: also check record SEQ still has HASH")
+    p.add_argument("--file", metavar="FILE", help="verify: an archive written by `audit archive` (no database)")
+    p.add_argument("--before", metavar="DATE", help="archive: the records received before DATE (YYYY-MM-DD)")
+    p.add_argument("--out", metavar="FILE", help="archive: the JSON Lines file to write (not overwritten)")
     p.set_defaults(func=cmd_audit)
 
 
@@ -80,7 +97,15 @@ def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     settings = _settings()
     filters = {k: getattr(args, k) for k in ("patient", "since", "until", "outcome", "rule", "control_id")}
-    if args.action in ("verify", "head"):
+    if args.action == "access":
+        return cmd_access(args, settings, out)
+    if args.user:
+        raise UsageError("--user applies to `audit access` only")
+    if args.action != "verify" and args.file:
+        raise UsageError("--file applies to `audit verify` only")
+    if args.action != "archive" and (args.before or args.out):
+        raise UsageError("--before/--out apply to `audit archive` only")
+    if args.action in ("verify", "head", "archive"):
         used = [f"--{k.replace('_', '-')}" for k, v in filters.items() if v] + (
             ["--format"] if args.format != "table" else [])
         used += ["--overridden"] if args.overridden else []
@@ -89,6 +114,12 @@ def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.anchor and args.action != "verify":
         raise UsageError("--anchor applies to `audit verify` only")
     anchor = _parse_anchor(args.anchor) if args.anchor else None
+    if args.action == "verify" and args.file:
+        if args.db:
+            raise UsageError("audit verify: --file or --db, not both")
+        return _verify_file(args.file, anchor, out)
+    if args.action == "archive":
+        return _archive(args, settings, out)
     if args.action is None:
         if args.format not in ("table", "json", "csv"):
             raise UsageError(f"--format must be table, json or csv (got {args.format!r})")
@@ -105,15 +136,21 @@ def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
             if head is None:
                 out.write("audit log is empty (no head yet)\n")
             else:
-                out.write(f"{head[0]} {head[1]}\n")
+                out.write(f"{head[0]}:{head[1]}\n")  # SEQ:HASH, exactly what `verify --anchor` takes
             return 0
         if args.action == "verify":
-            result = verify_chain(store, anchor=anchor)
+            from workers.store.chain import ChainKeyError
+
+            try:
+                result = verify_chain(store, anchor=anchor)
+            except ChainKeyError as exc:
+                raise UsageError(f"audit verify: {exc}") from None
             out.write(result.describe() + "\n")
             if result.intact and anchor is None and result.checked:
                 out.write("note: removal of the newest records is only detectable against an anchor: keep the "
                           "output of `rxgate audit head` elsewhere and pass it with --anchor SEQ:HASH\n")
             return 0 if result.intact else 1
+        _record_cli_read(store, filters, args.limit)
         rows = iter_messages(store, flt, settings.tz)
         if args.limit:
             rows = (r for i, r in zip(range(args.limit), rows, strict=False))
@@ -121,6 +158,131 @@ def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 0
     finally:
         store.dispose()
+
+
+def _cli_user() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry (a container): the uid still names the account
+        return f"cli:uid {os.getuid()}"
+
+
+def _record_cli_read(store: SqlStore, filters: dict, limit: int | None) -> None:
+    """The access-log row of this query, before anything is printed (no row, no output)."""
+    from urllib.parse import urlencode
+
+    from workers.store.access import AccessLedger
+
+    query = {k: v for k, v in filters.items() if v} | ({"limit": limit} if limit else {})
+    AccessLedger(store).record(_cli_user(), "local", "rxgate audit", urlencode(sorted(query.items())),
+                               datetime.now(UTC))
+
+
+ACCESS_COLUMNS = ["seq", "at", "user", "address", "action", "target"]
+
+
+def cmd_access(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """`rxgate audit access`: the access log, oldest first, then whether its chain is intact."""
+    from workers.store import FilterError, parse_filter
+    from workers.store.access import AccessLedger
+
+    used = [f"--{k.replace('_', '-')}" for k in ("patient", "until", "outcome", "rule", "control_id")
+            if getattr(args, k)] + (["--anchor"] if args.anchor else []) + (["--limit"] if args.limit else [])
+    if used:
+        raise UsageError(f"audit access takes only --user, --since and --format (not {', '.join(used)})")
+    if args.format not in ("table", "json", "csv"):
+        raise UsageError(f"--format must be table, json or csv (got {args.format!r})")
+    try:
+        day = parse_filter(since=args.since).since if args.since else None
+        since = datetime.combine(day, time.min, tzinfo=settings.tz) if day else None
+    except FilterError as exc:
+        raise UsageError(f"--{exc}") from None
+    store = _open(args, settings)
+    try:
+        ledger = AccessLedger(store)
+        rows = ({"seq": e.seq, "at": e.at.astimezone(settings.tz).isoformat(timespec="seconds"), "user": e.user,
+                 "address": e.address, "action": e.action, "target": e.target}
+                for e in ledger.entries(user=args.user, since=since))
+        if args.format == "json":
+            for r in rows:
+                out.write(json.dumps(r, ensure_ascii=False) + "\n")
+        elif args.format == "csv":
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(ACCESS_COLUMNS)
+            for r in rows:
+                writer.writerow([safe_cell(r[c]) for c in ACCESS_COLUMNS])
+        else:
+            n = 0
+            for r in rows:
+                n += 1
+                out.write(f"{r['seq']}  {r['at']}  {r['user']}  {r['address']}  {r['action']}  {r['target']}\n")
+            if not n:
+                out.write("(no matching reads)\n")
+        result = ledger.verify()
+        if result.intact:
+            print(f"access log chain intact: {result.checked} rows", file=sys.stderr)
+            return 0
+        print(f"access log chain BROKEN at row {result.first_bad_seq}: {result.reason}", file=sys.stderr)
+        return 1
+    finally:
+        store.dispose()
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value) -> str:
+    """A CSV cell no spreadsheet runs as a formula: one starting with = + - @ tab or CR gets a leading `'`."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def _verify_file(path: str, anchor: tuple[int, str] | None, out: TextIO) -> int:
+    from workers.store.archive import ArchiveError, verify_archive
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            result = verify_archive(f, anchor=anchor)
+    except OSError as exc:
+        raise UsageError(f"--file: cannot read {path}: {exc.strerror}") from None
+    except (ArchiveError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--file: {path}: {exc}") from None
+    out.write(("archive " + result.describe().removeprefix("audit ")) + "\n")
+    return 0 if result.intact else 1
+
+
+def _archive(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from pathlib import Path
+
+    from workers.store import FilterError
+    from workers.store.archive import write_archive
+    from workers.store.audit import parse_date
+
+    if not args.before or not args.out:
+        raise UsageError("audit archive needs --before DATE and --out FILE")
+    try:
+        before = parse_date(args.before, "--before")
+    except FilterError as exc:
+        raise UsageError(str(exc)) from None
+    target = Path(args.out)
+    if target.exists():
+        raise UsageError(f"--out: {target} exists (an archive is never overwritten)")
+    store = _open(args, settings)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with open(partial, "x", encoding="utf-8") as f:
+            count, last_hash = write_archive(store, before, settings.tz, f)
+        partial.rename(target)  # complete or absent: a half-written archive never has the final name
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise UsageError(f"--out: cannot write {target}: {exc.strerror}") from None
+    finally:
+        store.dispose()
+    if count:
+        out.write(f"archived {count} records (seq 1..{count}) to {target}; last {count}:{last_hash}\n")
+    else:
+        out.write(f"no record received before {before}: {target} holds the header only\n")
+    return 0
 
 
 def _parse_anchor(value: str) -> tuple[int, str]:
@@ -138,11 +300,11 @@ def write_rows(rows, fmt: str, out: TextIO) -> None:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for r in rows:
-            writer.writerow([
+            writer.writerow([safe_cell(v) for v in (
                 r["id"], r["received_at"], r["answered_at"], r["sender"], r["control_id"] or "",
                 r["message_type"] or "", r["patient_id"] or "", r["outcome"] or "", " ".join(r["rules"]),
                 (r["protocol"] or {}).get("id", ""), (r["protocol"] or {}).get("version", ""),
-            ])
+            )])
     else:
         header = ("ID", "RECEIVED", "CONTROL ID", "SENDER", "PATIENT", "OUTCOME", "RULES")
         lines = [header]

@@ -90,6 +90,27 @@ def _mllp_args(args: argparse.Namespace, settings: Settings) -> list[str] | None
             *(["--tls-client-ca", client_ca] if client_ca else [])]
 
 
+def api_tls_args(settings: Settings) -> list[str]:
+    """uvicorn's HTTPS options from RXGATE_HTTP_TLS_CERT / _KEY (none: plain HTTP, e.g. behind a TLS proxy).
+    Both files are loaded here first, so a wrong one is exit 2 naming it, never a plain-HTTP fallback."""
+    import ssl
+
+    cert, key = settings.http_tls_cert, settings.http_tls_key
+    if not cert and not key:
+        return []
+    if not (cert and key):
+        raise UsageError("HTTPS needs both RXGATE_HTTP_TLS_CERT and RXGATE_HTTP_TLS_KEY")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # what uvicorn makes; TLS 1.2 or later (Python's default minimum)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise UsageError(f"cannot use RXGATE_HTTP_TLS_CERT {cert} with RXGATE_HTTP_TLS_KEY {key}: "
+                         f"{exc.reason or exc}") from None
+    except OSError as exc:  # a missing or unreadable file (after SSLError, its subclass)
+        raise UsageError(f"RXGATE_HTTP_TLS_CERT {cert} / RXGATE_HTTP_TLS_KEY {key}: {exc.strerror or exc}") from None
+    return ["--ssl-certfile", cert, "--ssl-keyfile", key]
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     """Linux: the child gets SIGTERM if `rxgate serve` itself dies (kill -9), instead of lingering."""
     try:
@@ -112,6 +133,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
     _configure_logging(settings)
     mllp_args = _mllp_args(args, settings)  # a bad TLS file or reply address: exit 2 before anything starts
+    require_audit_key(settings)
+    api_tls = api_tls_args(settings) if not args.no_api else []
     settings.warn_if_default_zone()
     try:
         url, embedded = ensure_broker(settings)
@@ -119,7 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"rxgate serve: cannot start the embedded Redis: {exc}", file=sys.stderr)
         return 1
     try:
-        store = open_store(settings.database_url)  # creates / migrates the schema once, before the children
+        store = open_store(settings.database_url, settings)  # creates / migrates the schema once, before the children
         getattr(store, "dispose", lambda: None)()
     except Exception as exc:  # noqa: BLE001 - said plainly, no traceback
         print(f"rxgate serve: database: {exc}", file=sys.stderr)
@@ -143,6 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             sys.executable, "-m", "uvicorn", "--factory", "workers.http.app:settings_app",
             "--host", settings.audit_api_host, "--port", str(settings.audit_api_port), "--log-level", "warning",
             "--no-access-log",  # logged URLs could carry patient ids in query strings
+            *api_tls,
         ], env)
     if mllp_args is not None:
         children["mllp"] = _spawn([*me, "mllp", *mllp_args], env)
@@ -203,10 +227,22 @@ def _hide(url: str) -> str:
 # --- worker / bridge ---------------------------------------------------------------------------------
 
 
+def require_audit_key(settings) -> None:
+    """The audit chain's key (docs/interfaces.md §4): without one, a service process stops at start-up
+    (exit 2, naming RXGATE_AUDIT_KEY / RXGATE_AUDIT_KEY_FILE) instead of failing on its first message."""
+    from workers.store.chain import ChainKeyError
+
+    try:
+        settings.chain_keys()
+    except ChainKeyError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from workers import metrics
 
     settings = _settings()
+    require_audit_key(settings)
     _configure_logging(settings)
     metrics.configure(settings)  # before the pool forks: its children count into the same directory
     from workers.queue.celery_app import QUEUE, get_app
@@ -227,6 +263,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     from workers.queue.sentinel import broker_client
 
     settings = _settings()
+    require_audit_key(settings)
     _configure_logging(settings)
     metrics.configure(settings)
     stop = threading.Event()

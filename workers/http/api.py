@@ -1,4 +1,9 @@
-"""The JSON routes of the audit API (docs/interfaces.md §4): /health, /audit/*, /openapi.json, /docs.
+"""The JSON routes of the audit API (docs/interfaces.md §4, §5 "Access"): /health, /health/details, /audit/*,
+/openapi.json, /docs.
+
+Roles: /audit/* needs `auditor` (and a list or a record read leaves its access-log row,
+workers/http/phi_access.py); /health/details `operator`; /openapi.json and /docs any credential.
+/health is open and says only up or down.
 
 The store, the time zone and the optional service health check are the app's
 (`request.app.state`, set by `create_app`), so the routes are plain definitions.
@@ -14,7 +19,8 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 
-from workers.http.auth import require_auth
+from workers.http.auth import Principal, require_role
+from workers.http.phi_access import record_read
 from workers.http.schemas import Head, MessageDetail, MessagePage, Stats, VerifyOut
 from workers.store import AuditFilter, FilterError, SqlStore, get_message, query_messages, stats, verify_chain
 
@@ -22,7 +28,9 @@ __all__ = ["MAX_ID", "router", "stats_body"]
 
 MAX_ID = 2**31 - 1  # record ids and offsets: what every database's integer holds
 _TEXT = r"^[^\x00-\x1f\x7f]*$"  # printable: no control characters in filter values
-_UNAUTHORISED = {401: {"description": "missing or wrong token"}}
+_UNAUTHORISED = {401: {"description": "missing or wrong credential"},
+                 403: {"description": "the credential lacks the route's role"},
+                 429: {"description": "too many failed credentials from this address"}}
 
 
 def _store(request: Request) -> SqlStore:
@@ -57,33 +65,51 @@ TzDep = Annotated[tzinfo, Depends(_tz)]
 Filters = Annotated[AuditFilter, Depends(audit_filter)]
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size (1-1000)")]
 Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="records to skip")]
+Auditor = Annotated[Principal, Depends(require_role("auditor"))]
 
 router = APIRouter()
-audit = APIRouter(prefix="/audit", tags=["audit"], dependencies=[Depends(require_auth)], responses=_UNAUTHORISED)
+audit = APIRouter(prefix="/audit", tags=["audit"], dependencies=[Depends(require_role("auditor"))],
+                  responses=_UNAUTHORISED)
 
 
-@router.get("/health", tags=["service"], responses={503: {"description": "broker or database unavailable"}})
+@router.get("/health", tags=["service"], responses={503: {"description": "down"}})
 def health(request: Request, store: StoreDep):
+    """Open: only `{"status": "up"}` or `{"status": "down"}` (503); the parts and their detail need `operator`."""
+    up = _health_details(request, store)["status"] == "ok"
+    return JSONResponse({"status": "up" if up else "down"}, status_code=200 if up else 503)
+
+
+@router.get("/health/details", tags=["service"], dependencies=[Depends(require_role("operator"))],
+            responses={**_UNAUTHORISED, 503: {"description": "broker or database unavailable"}})
+def health_details(request: Request, store: StoreDep):
+    status = _health_details(request, store)
+    return JSONResponse(status, status_code=200 if status.get("status") == "ok" else 503)
+
+
+def _health_details(request: Request, store: SqlStore) -> dict[str, Any]:
     service_health: Callable[[], dict] | None = request.app.state.service_health
     if service_health is not None:
         # the running service: broker and database, as `rxgate health` reports them
-        status = service_health()
-        return JSONResponse(status, status_code=200 if status.get("status") == "ok" else 503)
+        return service_health()
     try:
         store.head()
     except Exception:  # noqa: BLE001 - health says unavailable, never a traceback
-        return JSONResponse({"status": "database unavailable"}, status_code=503)
-    return {"status": "ok"}
+        return {"status": "unavailable", "database": {"ok": False, "detail": "database unavailable"}}
+    return {"status": "ok", "database": {"ok": True}}
 
 
 @audit.get("/messages", response_model=MessagePage, responses={422: {"description": "bad filter value"}})
-def list_messages(store: StoreDep, tz: TzDep, flt: Filters, limit: Limit = 100, offset: Offset = 0):
+def list_messages(request: Request, who: Auditor, store: StoreDep, tz: TzDep, flt: Filters, limit: Limit = 100,
+                  offset: Offset = 0):
+    record_read(request, who)
     total, items = query_messages(store, flt, tz, limit=limit, offset=offset)
     return {"total": total, "limit": limit, "offset": offset, "items": items}
 
 
 @audit.get("/messages/{message_id}", response_model=MessageDetail, responses={404: {"description": "no such record"}})
-def one_message(store: StoreDep, tz: TzDep, message_id: Annotated[int, Path(ge=1, le=MAX_ID)]):
+def one_message(request: Request, who: Auditor, store: StoreDep, tz: TzDep,
+                message_id: Annotated[int, Path(ge=1, le=MAX_ID)]):
+    record_read(request, who, f"record {message_id}")
     detail = get_message(store, message_id, tz)
     if detail is None:
         raise HTTPException(404, f"no audit record {message_id}")
@@ -103,17 +129,22 @@ def head(store: StoreDep):
 
 @audit.get("/verify", response_model=VerifyOut)
 def verify(store: StoreDep):
-    r = verify_chain(store)
+    from workers.store.chain import ChainKeyError
+
+    try:
+        r = verify_chain(store)
+    except ChainKeyError as exc:  # the API was started without the audit key: it cannot say "intact"
+        raise HTTPException(503, f"cannot verify the audit chain: {exc}") from None
     return {"intact": r.intact, "checked": r.checked, "first_bad_seq": r.first_bad_seq,
             "reason": r.describe(), "head_seq": r.head_seq, "head_hash": r.head_hash}
 
 
-@router.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_auth)])
+@router.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_role(None))])
 def openapi(request: Request):
     return JSONResponse(request.app.openapi())
 
 
-@router.get("/docs", include_in_schema=False, dependencies=[Depends(require_auth)])
+@router.get("/docs", include_in_schema=False, dependencies=[Depends(require_role(None))])
 def docs():
     return get_swagger_ui_html(openapi_url="/openapi.json", title="rxgate audit API")
 

@@ -1,7 +1,7 @@
 """Overrides with a reason: one row per override applied to an order (docs/protocol.md).
 
 Revision ID: 0003_overrides
-Revises: 0007_cds_hooks
+Revises: 0005_access
 Create Date: 2026-12-02
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003_overrides"
-down_revision = "0007_cds_hooks"
+down_revision = "0005_access"
 branch_labels = None
 depends_on = None
 

@@ -445,11 +445,15 @@ def check(ctx: DoseContext) -> list[Finding]:
     ]
     go_starts += [(("history", i), Start.of(h.start)) for i, h in enumerate(ctx.history)
                   if h.protocol_order and h.start]
+    resent = {(o.placer_number, o.placer_namespace) for o in mine if o.placer_number}
     earlier: list[HistoryEntry] = [
         h for h in ctx.history
         if not h.protocol_order and not h.as_needed and h.start is not None
         and premedication_for(h.drug, protocol) is not None
         and _nearest(Start.of(h.start), go_starts, params.belongs_within_hours) == ("message", ctx.dose.index)
+        # the same order sent again in this message (same sender and ORC-2) counts once, as sent now
+        and not (h.placer_number and h.sender == ctx.order_set.sender
+                 and (h.placer_number, h.placer_namespace) in resent)
     ]
 
     findings: list[Finding] = []

@@ -211,8 +211,14 @@ def api(client, tmp_path):
     from workers.http.app import create_app
     from workers.store import open_sql_store
 
+    from datetime import UTC, datetime
+
+    from workers.store.access import AccessLedger
+
     db = f"sqlite:///{tmp_path / 'h.db'}"
-    open_sql_store(db, create=True).dispose()
+    store = open_sql_store(db, create=True)
+    AccessLedger(store).add_user("olga", ["operator"], OPERATOR_TOKEN, datetime.now(UTC))
+    store.dispose()
     app = create_app(db, AUDIT_TOKEN_SHA, tz=Settings().tz,
                      dead_letters=lambda: letters(client, send_task=lambda *a: None))
     with TestClient(app) as c:
@@ -220,11 +226,16 @@ def api(client, tmp_path):
     app.state.store.dispose()
 
 
-def test_http_operator_routes_list_resend_drop(api, client):
-    from tests.builders import AUDIT_AUTH
+OPERATOR_TOKEN = "op-Xq7vK2pL9mZ4rT8wB3nJ6yH1cF5dG0sA-uE2iO7kM4xV9bN3qR8tY1wZ6"  # >= 256 bits of entropy
 
+
+def test_http_operator_routes_list_resend_drop(api, client):
+    from tests.builders import AUDIT_AUTH as AUDITOR
+
+    AUDIT_AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
     dead_lettered(client, "DL601", extra_entries=[{"message": "MSH|x"}])
     assert api.get("/operator/deadletters").status_code == 401  # guarded
+    assert api.get("/operator/deadletters", headers=AUDITOR).status_code == 403  # an auditor is not an operator
     r = api.get("/operator/deadletters", headers=AUDIT_AUTH)
     entries = r.json()["entries"]
     assert [e["control_id"] for e in entries] == ["DL601", None]
@@ -238,7 +249,7 @@ def test_http_operator_routes_list_resend_drop(api, client):
     r = api.post("/operator/deadletters/drop", json={"ids": [bad], "reason": "bad feed"}, headers=AUDIT_AUTH)
     assert r.json() == {"done": [bad], "refused": {}}
     assert api.get("/operator/deadletters", headers=AUDIT_AUTH).json() == {"entries": []}
-    r = api.get("/audit/messages", params={"rule": DROP_RULE}, headers=AUDIT_AUTH)
+    r = api.get("/audit/messages", params={"rule": DROP_RULE}, headers=AUDITOR)
     assert r.json()["total"] == 1
 
 

@@ -15,13 +15,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field, model_validator
 
-from workers.http.auth import require_auth
+from workers.http.auth import require_role
 
 __all__ = ["require_operator", "router"]
 
-# TODO(roles): the `operator` role of docs/interfaces.md §5 "Access" once per-person credentials exist;
-# until then the audit API's own credential (token or session) guards these routes.
-require_operator = require_auth
+require_operator = require_role("operator")  # docs/interfaces.md §5 "Access": 401 without, 403 without the role
 
 _ID = r"^\d{1,20}-\d{1,20}$"  # a Redis stream entry id
 

@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from .er7 import Encoding, RawMessage, Segment, escape, unescape
 from .errors import MessageRejected
 from .hl7time import Moment, parse_date, parse_datetime, parse_moment
-from .model import Coded, Component, Location, Observation, Order, OrderSet, Patient, Quantity, Timing
+from .model import Coded, Component, Location, Note, Observation, Order, OrderSet, Patient, Quantity, Timing
 
 SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
 SUPPORTED_TYPES = {"RDE": ("O11", "O25", "O01"), "OMP": ("O09",), "ORM": ("O01",)}
@@ -164,13 +164,18 @@ def read_order_set(raw: RawMessage, tz: tzinfo) -> OrderSet:
             states.append(current)
         elif name == "NTE" and current is not None:
             current.order.notes.append(_leaf_text(seg, 3))
+            if current.after_give:  # an NTE directly after the RXE (or RXO): it may override a rule
+                current.order.give_notes.append(
+                    Note(text=_leaf_text(seg, 3), location=Location(segment="NTE", occurrence=seg.occurrence, field=3)))
         elif name in ("RXE", "RXO", "RXR", "TQ1", "RXC", "OBR"):
             # An RXE/RXO without its own ORC (seen in older ORM traffic) starts an order of its own.
             if current is None or (name == "RXE" and current.rxe) or (name == "RXO" and current.rxo):
                 current = _OrderState(_new_order(len(states), None))
                 states.append(current)
             _read_order_segment(current, seg, tz)
-        elif name == "OBX":
+        if current is not None and name != "NTE":
+            current.after_give = name in ("RXE", "RXO")
+        if name == "OBX":
             observations.append(_read_observation(seg, current.order.index if current else None, tz))
     orders = [state.finish(tz) for state in states]
     if not any(o.has_give or o.control in ("CA", "DC") for o in orders):
@@ -193,7 +198,7 @@ def _new_order(index: int, orc: Segment | None) -> Order:
         placer_namespace=orc.component(2, 2),
         filler_number=orc.component(3, 1),
         placer_group=orc.component(4, 1),
-        verified_by=orc.field(11).strip(),
+        verified_by=orc.component(11, 1).strip(),
         orc_location=Location(segment="ORC", occurrence=orc.occurrence, field=1),
         orc_line=reencode(orc),
     )
@@ -209,6 +214,7 @@ class _OrderState:
         self.rxo: Segment | None = None
         self.tq1_before: Segment | None = None  # TIMING group (before RXO)
         self.tq1_after: Segment | None = None  # TIMING_ENCODED group (after RXE)
+        self.after_give = False  # the last segment read was the RXE/RXO (or an NTE right after it)
         self.tq1_count = 0  # every TQ1 of the group: more than one plans more than one start
         self.rxr_before: list[Segment] = []
         self.rxr_after: list[Segment] = []

@@ -53,6 +53,8 @@ class OrderResult:
     order_control: str
     findings: list[dict[str, Any]]
     protocol: dict[str, str] | None = None
+    # overrides with a reason applied to this order (docs/protocol.md): the audit record marks them
+    overrides: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def of(cls, verdict: OrderVerdict) -> OrderResult:
@@ -65,6 +67,7 @@ class OrderResult:
             findings=[f.to_json() for f in verdict.findings],
             protocol=({"id": computed["protocol_id"], "version": computed["protocol_version"]}
                       if "protocol_id" in computed else None),
+            overrides=list(computed.get("overrides") or []),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -77,6 +80,8 @@ class OrderResult:
         }
         if self.protocol is not None:
             out["protocol"] = self.protocol
+        if self.overrides:
+            out["overrides"] = self.overrides
         return out
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from . import overrides
 from .admixture import admixture_view
 from .drugs import is_protocol_drug, premedication_for
 from .findings import Finding, error, info
@@ -166,9 +167,15 @@ def judge(
             dose_protocols=dose_protocols,
             known_protocols={p.id: p for p in protocols.protocols},
         )
+        found_here: list[Finding] = []
         for rule in DOSE_RULES:
-            for found in rule.check(ctx):
-                verdict.findings.append(_at(found, verdict))
+            found_here.extend(rule.check(ctx))
+        # Overrides with a reason: valid ones turn their rule's errors into warnings; invalid ones refuse.
+        valid_overrides, override_problems = overrides.requested(order, dose_protocol)
+        for found in overrides.apply(found_here, valid_overrides) + override_problems:
+            verdict.findings.append(_at(found, verdict))
+        if valid_overrides:
+            ctx.computed["overrides"] = [o.to_json() for o in valid_overrides]
         verdict.computed = {"protocol_id": dose_protocol.id, "protocol_version": dose_protocol.version, **ctx.computed}
         if any(f.severity == "error" for f in verdict.findings):
             verdict.control = "UA"

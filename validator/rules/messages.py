@@ -46,6 +46,13 @@ MESSAGE_RULES: tuple[MessageRule, ...] = (
         "The order names a protocol code (RXGATE_PROTOCOL_FIELD) that the service does not know.",
     ),
     MessageRule(
+        ("go.override",),
+        "An override with a reason (NTE `RXGATE-OVERRIDE <rule id>: <reason>` directly after the RXE/RXO) of a rule "
+        "the order's protocol does not mark `overridable`, without a reason, or without an ORC-11 verifier listed "
+        "in `override_verifiers`: the order is refused. A valid one turns that rule's errors into warnings (never "
+        "a premedication above its maximum, never go.orderset).",
+    ),
+    MessageRule(
         ("hl7.order_control",),
         "ORC-1 other than NW, XO, RP (new orders) or CA, DC (cancellations): the order is refused.",
     ),

@@ -49,7 +49,9 @@ def summary(p: Protocol) -> str:
         f"  eligibility: age >= {p.eligibility.min_age_years} y; pediatric doses below {p.eligibility.pediatric_below_years} y",
         f"  dose: {p.dose.mg_per_m2} mg/m2 (Mosteller BSA) +/- {p.dose.tolerance_percent} %{cap}; "
         f"BSA OBX cross-check {p.dose.bsa_crosscheck_percent} %",
-        f"  route: {', '.join(p.route.codes)}",
+        f"  route: {', '.join(p.route.codes)} by code first (RXR-1.3 {', '.join(p.code_systems.route_table)} or empty); "
+        f"text {', '.join(p.route.text_contains) or '-'} only when the code is empty; other systems: "
+        + ("; ".join(f"{'/'.join(r.systems)} {r.code} -> {r.route}" for r in p.route_codes) or "none (unreadable)"),
         f"  infusion: {p.infusion.minutes} +/- {p.infusion.tolerance_minutes} min; sources agree within "
         f"{p.infusion.max_source_disagreement_minutes} min",
         f"  schedule: course days {', '.join(map(str, p.schedule.days))} (+/- {p.schedule.tolerance_days} d), "
@@ -74,6 +76,10 @@ def summary(p: Protocol) -> str:
         f"  liver ({p.liver.severity}): " + ", ".join(f"{t.name} > {t.max_uln_multiple} x ULN" for t in p.liver.tests)
         + f", within {p.liver.max_age_hours} h",
         f"  HSCT ({p.hsct.severity}): at least {p.hsct.min_days_after_last_dose} days after the last dose",
+        f"  observations: valid up to {p.observations.future_tolerance_minutes} min after MSH-7 (exact instants; "
+        "coarse or daylight-saving-ambiguous times at the less favourable reading)",
+        f"  overridable: {', '.join(p.overridable) or 'none'}; override verifiers (ORC-11): "
+        f"{', '.join(p.override_verifiers) or 'none'}",
     ]
     return "\n".join(lines)
 

@@ -40,6 +40,7 @@ class RecordRows:
         self.findings = finding_rows(seq, result)
         self.key = message_key_row(seq, processed)
         self.history = history_rows(seq, processed)
+        self.overrides = override_rows(seq, result)
         self.cancellations = cancellation_rows(seq, processed)
         # the writer hashes exactly what the rows will read back (verification rebuilds it from them)
         content = record_content(
@@ -109,6 +110,17 @@ def history_rows(seq: int, processed: ProcessedMessage) -> list[dict[str, Any]]:
             cancelled_at=None,
         )
         for entry in processed.new_orders
+    ]
+
+
+def override_rows(seq: int, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `overrides` rows: each override with a reason applied to an order of the result."""
+    return [
+        dict(message_id=seq, order_index=i, placer_number=clean_text(order.get("placer_order_number")),
+             rule=clean_text(str(o.get("rule") or "")), reason=clean_text(str(o.get("reason") or "")),
+             verified_by=clean_text(str(o.get("verified_by") or "")))
+        for i, order in enumerate(result.get("orders") or [])
+        for o in order.get("overrides") or []
     ]
 
 

@@ -68,6 +68,68 @@ def read_header(raw: RawMessage, tz: tzinfo) -> OrderSet:
     )
 
 
+# The longest value of each field the store keeps in a column (workers/store/schema.py: every column is
+# longer, a test checks). HL7 v2.7's conformance lengths: ST 199, HD 227, MSG 15 (100 here). A longer
+# value is answered AR hl7.size and audited without it (the raw message keeps everything): never a
+# database error, retried and dead-lettered. name -> (field, limit in characters)
+STORED_FIELD_LIMITS = {
+    "control_id": ("MSH-10", 199),
+    "sending_application": ("MSH-3", 227),
+    "sending_facility": ("MSH-4", 227),
+    "sender": ("MSH-3 and MSH-4", 455),
+    "message_type": ("MSH-9", 97),
+    "patient_id": ("PID-3", 199),
+    "patient_key": ("PID-3 with its assigning authority", 427),
+    "placer_number": ("ORC-2", 199),
+    "placer_namespace": ("ORC-2.2", 227),
+    "drug_code": ("RXE-2", 199),
+    "drug_text": ("RXE-2.2", 997),
+}
+_HEADER_SEGMENTS = {"control_id": ("MSH", 10), "sending_application": ("MSH", 3), "sending_facility": ("MSH", 4),
+                    "sender": ("MSH", 3), "message_type": ("MSH", 9)}
+
+
+def _too_long(name: str, value: str) -> MessageRejected | None:
+    where, limit = STORED_FIELD_LIMITS[name]
+    if len(value) <= limit:
+        return None
+    segment, field = _HEADER_SEGMENTS.get(name, (where[:3], None))
+    return MessageRejected("hl7.size", "207", f"{where} is {len(value)} characters long: at most {limit} are "
+                           "accepted", segment, field)
+
+
+def check_header_lengths(header: OrderSet) -> None:
+    """MSH fields the store keeps, within `STORED_FIELD_LIMITS`; else `MessageRejected` (AR hl7.size)."""
+    values = {"control_id": header.control_id, "sending_application": header.sending_application,
+              "sending_facility": header.sending_facility, "sender": header.sender,
+              "message_type": header.message_type}
+    for name, value in values.items():
+        problem = _too_long(name, value)
+        if problem:
+            raise problem
+
+
+def check_stored_lengths(order_set: OrderSet) -> None:
+    """The patient and order fields the store keeps, within `STORED_FIELD_LIMITS`; else `MessageRejected`."""
+    values = [("patient_id", order_set.patient.id), ("patient_key", order_set.course_key)]
+    for order in order_set.orders:
+        values += [("placer_number", order.placer_number), ("placer_namespace", order.placer_namespace),
+                   ("drug_code", order.drug.code or ""), ("drug_text", order.drug.text or "")]
+    for name, value in values:
+        problem = _too_long(name, value or "")
+        if problem:
+            raise problem
+
+
+def within_stored_lengths(header: OrderSet) -> OrderSet:
+    """The header with every over-long value emptied: what an AR for it may keep in the columns."""
+    empty = {name: "" for name in ("control_id", "sending_application", "sending_facility", "message_type")
+             if len(getattr(header, name)) > STORED_FIELD_LIMITS[name][1]}
+    if len(header.sender) > STORED_FIELD_LIMITS["sender"][1]:
+        empty.update(sending_application="", sending_facility="")
+    return header.model_copy(update=empty) if empty else header
+
+
 PROCESSING_IDS = ("P", "T", "D")  # production, training, debugging (docs/protocol.md, Processing id)
 PROCESSING_MODES = ("", "T")  # MSH-11.2: current processing, or T (current processing, transmitted at intervals)
 

@@ -1,7 +1,9 @@
 """One message in, one answer out: read, de-duplicate, judge, respond, store.
 
-The entry points (CLI, Celery task, stream bridge) call `process_message` with
-the store they were wired with. The store write is the commit point: nothing
+The CLI calls `process_text` (a file may hold several messages: one answer
+each); the queue entry points (stream bridge, Celery task, MLLP and HTTP through
+the stream) call `process_delivery`: one delivery, one answer, one audit record,
+recorded once however often the delivery is redelivered. The store write is the commit point: nothing
 is answered that is not stored, and a redelivered message gets its stored
 answer byte for byte (docs/interfaces.md §3).
 """
@@ -17,10 +19,29 @@ from typing import Any
 
 from .er7 import RawMessage, normalise, redelivery_form, split_messages
 from .errors import MessageRejected
-from .history import Cancellation, HistoryChanged, HistoryEntry, KeyTaken, MessageKey, ProcessedMessage, Store
+from .history import (
+    Cancellation,
+    DeliveryTaken,
+    HistoryChanged,
+    HistoryEntry,
+    KeyTaken,
+    MessageKey,
+    ProcessedMessage,
+    Store,
+)
 from .model import Location, OrderSet, Patient
 from .protocol import Protocol, ProtocolSet
-from .reader import DEFAULT_LIMITS, Limits, check_limits, read_header, read_order_set, readable_patient
+from .reader import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_header_lengths,
+    check_limits,
+    check_stored_lengths,
+    read_header,
+    read_order_set,
+    readable_patient,
+    within_stored_lengths,
+)
 from .response import build_rejection, build_response
 from .verdict import Judgement, OrderVerdict, judge
 
@@ -217,6 +238,70 @@ def process_text(
     return outcomes
 
 
+def process_delivery(
+    text: str, store: Store, protocol: Protocol | ProtocolSet, *, tz: tzinfo, received_at: datetime | None = None,
+    limits: Limits = DEFAULT_LIMITS, delivery_id: str | None = None,
+) -> Outcome:
+    """One delivery (a stream entry, a Celery task, an MLLP frame, an HTTP body): exactly one outcome.
+
+    A delivery must hold exactly one message: data before its MSH, or a second MSH, is answered with
+    one `AR hl7.structure` for the whole delivery (MSA-2 the first MSH-10 when it can be read), audited
+    once and not stored under the message key, so a clean resend is judged afresh (docs/interfaces.md
+    §3). `delivery_id` (e.g. `stream:<stream>:<entry id>`, `celery:<task id>`) is stored with the record:
+    the same delivery again, after a crash between the commit and the acknowledgement, gets the answer
+    it was given and writes nothing, keyed message or not.
+    """
+    received_at = received_at or datetime.now(tz)
+    if delivery_id is not None:
+        stored = store.answer_for_delivery(delivery_id)
+        if stored is not None:
+            log.info("delivery %s seen before: its answer returned, nothing recorded", delivery_id)
+            return Outcome(stored, redelivered=True)
+        store = _DeliveryStore(store, delivery_id)
+    try:
+        return _process_one(text, store, protocol, tz, received_at, limits)
+    except DeliveryTaken:
+        # another worker committed this delivery while we judged it (a takeover): its answer stands
+        stored = store.answer_for_delivery(delivery_id)
+        if stored is None:
+            raise
+        return Outcome(stored, redelivered=True)
+
+
+def _process_one(text: str, store: Store, protocol: Protocol | ProtocolSet, tz: tzinfo, received_at: datetime,
+                 limits: Limits) -> Outcome:
+    call = Call(store, protocol, tz, received_at, limits)
+    split = split_messages(text)
+    if split.no_msh:
+        return _unparseable(call, text, "no MSH segment found")
+    if split.junk_before_first or len(split.messages) > 1:
+        what = ("unexpected data before the MSH segment" if split.junk_before_first else
+                f"{len(split.messages)} messages in one delivery")
+        try:
+            header = read_header(split.messages[0], tz)
+        except MessageRejected:
+            header = None
+        rejection = Rejection("hl7.structure", "100", f"{what}: send exactly one message per delivery")
+        return _reject(call, None, header, rejection, text, time.perf_counter())
+    return _process(call, split.messages[0])
+
+
+class _DeliveryStore:
+    """The store as one delivery sees it: every record or delivery row it writes carries the delivery id."""
+
+    def __init__(self, store: Store, delivery_id: str) -> None:
+        self.store, self.delivery_id = store, delivery_id
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def save(self, processed: ProcessedMessage) -> None:
+        self.store.save(processed.model_copy(update={"delivery_id": self.delivery_id}))
+
+    def record_delivery(self, key: MessageKey, received_at: datetime, delivery_id: str | None = None) -> None:
+        self.store.record_delivery(key, received_at, self.delivery_id)
+
+
 def process_message(
     raw: RawMessage, store: Store, protocol: Protocol | ProtocolSet, *, tz: tzinfo, received_at: datetime | None = None,
     limits: Limits = DEFAULT_LIMITS,
@@ -231,6 +316,12 @@ def _process(call: Call, raw: RawMessage) -> Outcome:
         header = read_header(raw, call.tz)
     except MessageRejected as exc:
         return _unparseable(call, text, exc.message)
+    try:
+        check_header_lengths(header)
+    except MessageRejected as exc:  # audited without the over-long value, not under a key
+        location = Location(segment=exc.segment, occurrence=1, field=exc.field) if exc.field else None
+        return _reject(call, None, within_stored_lengths(header), Rejection(exc.rule, exc.code, exc.message, location),
+                       text, started)
     key = message_key(header, text)
     if key is not None:
         stored = call.store.answer_for(key)
@@ -239,6 +330,7 @@ def _process(call: Call, raw: RawMessage) -> Outcome:
     try:
         check_limits(raw, call.limits)
         order_set = read_order_set(raw, call.tz)
+        check_stored_lengths(order_set)
     except MessageRejected as exc:
         location = Location(segment=exc.segment, occurrence=1, field=exc.field) if exc.field else None
         # stored under the key: a redelivery of a rejected message gets the same AR

@@ -239,10 +239,13 @@ def safe_cell(value) -> str:
 
 def _verify_file(path: str, anchor: tuple[int, str] | None, out: TextIO) -> int:
     from workers.store.archive import ArchiveError, verify_archive
+    from workers.store.chain import ChainKeyError
 
     try:
         with open(path, encoding="utf-8") as f:
             result = verify_archive(f, anchor=anchor)
+    except ChainKeyError as exc:
+        raise UsageError(f"audit verify --file: {exc}") from None
     except OSError as exc:
         raise UsageError(f"--file: cannot read {path}: {exc.strerror}") from None
     except (ArchiveError, UnicodeDecodeError) as exc:

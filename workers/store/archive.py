@@ -21,16 +21,24 @@ piece of the chain and its last hash anchors the rest.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, time, tzinfo
 from typing import TextIO
 
 from sqlalchemy import func, select
 
-from workers.store.chain import GENESIS_HASH, Verification, canonical_json, chain_hash, record_content
+from workers.store.chain import (
+    GENESIS_HASH,
+    ChainKeys,
+    Verification,
+    canonical_json,
+    chain_hash,
+    chained_content,
+    link_problem,
+    read_parts,
+)
 from workers.store.errors import database_errors
-from workers.store.schema import ChainRow, FindingRow, MessageRow, ResponseRow, VerdictRow
+from workers.store.schema import ChainRow, MessageRow, ResponseRow, VerdictRow
 from workers.store.sqlstore import SqlStore
 
 FORMAT = 1
@@ -64,16 +72,15 @@ def archive_lines(store: SqlStore, last_seq: int, batch: int = 500) -> Iterator[
                 select(VerdictRow).where(VerdictRow.message_id >= lo, VerdictRow.message_id <= hi)).scalars()}
             responses = {r.message_id: r for r in s.execute(
                 select(ResponseRow).where(ResponseRow.message_id >= lo, ResponseRow.message_id <= hi)).scalars()}
-            findings: dict[int, list[FindingRow]] = defaultdict(list)
-            for f in s.execute(select(FindingRow).where(FindingRow.message_id >= lo,
-                                                        FindingRow.message_id <= hi)).scalars():
-                findings[f.message_id].append(f)
+            parts = read_parts(s, lo, hi)
             for row in chain:
                 message = messages.get(row.seq)
-                content = None if message is None else record_content(
-                    message, verdicts.get(row.seq), responses.get(row.seq), findings[row.seq])
+                content = None if message is None else chained_content(
+                    row.key_id, message, verdicts.get(row.seq), responses.get(row.seq),
+                    {name: rows.get(row.seq, []) for name, rows in parts.items()})
                 # written as stored: a record already broken in the database verifies as broken in the file
-                yield {"seq": row.seq, "prev_hash": row.prev_hash, "hash": row.hash, "content": content}
+                yield {"seq": row.seq, "prev_hash": row.prev_hash, "hash": row.hash, "key_id": row.key_id,
+                       "content": content}
             done = hi
 
 
@@ -93,9 +100,17 @@ def write_archive(store: SqlStore, before: date, tz: tzinfo, out: TextIO) -> tup
     return last_seq, header["last_hash"]
 
 
-def verify_archive(lines: Iterable[str], anchor: tuple[int, str] | None = None) -> Verification:
+def verify_archive(lines: Iterable[str], anchor: tuple[int, str] | None = None,
+                   keys: ChainKeys | None = None) -> Verification:
     """Recompute the archive's chain from its own lines (no database): the first bad record is named; a
-    header whose count or last hash differs from the records (a cut or extended file) is broken too."""
+    header whose count or last hash differs from the records (a cut or extended file) is broken too.
+    Keyed records (a `key_id`) need the audit keys (`keys`, else RXGATE_AUDIT_KEY / _FILE); records from
+    before the chain was keyed verify with plain SHA-256, and only before every keyed one."""
+    if keys is None:
+        from workers.settings import Settings
+
+        keys = Settings().chain_keys()
+    keyed = False
     it = iter(lines)
     try:
         header = json.loads(next(it))
@@ -122,8 +137,17 @@ def verify_archive(lines: Iterable[str], anchor: tuple[int, str] | None = None) 
                                 reason="its link to the previous record does not match")
         if content is None:
             return Verification(False, checked=checked, first_bad_seq=seq, reason="its message row was removed")
-        if chain_hash(content, seq, prev) != hash_:
-            return Verification(False, checked=checked, first_bad_seq=seq, reason="its content was altered")
+        key_id = line.get("key_id")
+        if key_id is None and keyed:
+            return Verification(False, checked=checked, first_bad_seq=seq,
+                                reason="it is not signed with the audit key but follows signed records")
+        if key_id is None:
+            problem = None if chain_hash(content, seq, prev) == hash_ else "its content was altered"
+        else:
+            keyed = True
+            problem = link_problem(seq, prev, hash_, key_id, content, keys)
+        if problem:
+            return Verification(False, checked=checked, first_bad_seq=seq, reason=problem)
         prev, expected, checked = hash_, expected + 1, checked + 1
         if anchor is not None and seq == anchor[0]:
             hashes[seq] = hash_

@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The audit chain's HMAC key (docs/interfaces.md §4) lives outside the database: made once here, never by rxgate.
 run: install
-	$(VENV)/bin/rxgate serve
+	@if [ -z "$$RXGATE_AUDIT_KEY" ] && [ -z "$$RXGATE_AUDIT_KEY_FILE" ] && [ ! -s var/audit.key ]; then \
+		mkdir -p var && (umask 077 && $(PY) -c "import secrets; print(secrets.token_hex(32))" > var/audit.key) && \
+		echo "made var/audit.key: the audit chain's HMAC key; back it up apart from the database"; fi
+	@if [ -z "$$RXGATE_AUDIT_KEY" ] && [ -z "$$RXGATE_AUDIT_KEY_FILE" ]; then \
+		RXGATE_AUDIT_KEY_FILE=var/audit.key $(VENV)/bin/rxgate serve; else $(VENV)/bin/rxgate serve; fi
 
 # The whole suite in two pytest processes (pytest-xdist; a test file stays in one process, so its module
 # fixtures are made once): ~4.5 CPU-minutes, timings in README (Tests). Hypothesis at RXGATE_FUZZ_SCALE=1, the fault tests with

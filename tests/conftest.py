@@ -31,6 +31,8 @@ def pytest_unconfigure(config) -> None:
     shutil.rmtree(getattr(config, "rxgate_hypothesis_home", ""), ignore_errors=True)
 
 
+TEST_AUDIT_KEY = "rxgate-test-audit-key-0123456789abcdef"  # the audit chain's key in every test process
+
 # What pytest, Python and pip write into the repository by themselves (all in .gitignore).
 TOOLING = ("__pycache__", ".pytest_cache", ".venv", ".egg-info", ".ruff_cache")
 
@@ -63,6 +65,9 @@ def writes_only_under_tmp(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RXGATE_VAR_DIR", str(home / "var"))
         mp.setenv("RXGATE_METRICS_DIR", str(home / "var" / "metrics"))
+        # the audit chain's HMAC key (the service refuses to start without one): a fixed test key
+        mp.setenv("RXGATE_AUDIT_KEY", TEST_AUDIT_KEY)
+        mp.delenv("RXGATE_AUDIT_KEY_FILE", raising=False)
         mp.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
         mp.delenv("prometheus_multiproc_dir", raising=False)
         mp.chdir(home)

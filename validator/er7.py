@@ -223,6 +223,46 @@ def normalise(text: str) -> str:
     return text.strip()
 
 
+def _trim(value: str, separators: str) -> str:
+    """`value` with trailing empty parts removed at each level (`a^^` -> `a`, `a&^b~` -> `a^b`)."""
+    if not separators:
+        return value
+    sep, inner = separators[0], separators[1:]
+    parts = [_trim(part, inner) for part in value.split(sep)]
+    while parts and not parts[-1]:
+        parts.pop()
+    return sep.join(parts)
+
+
+def redelivery_form(text: str) -> str:
+    """The text the redelivery key hashes (docs/interfaces.md §3, "the same message again").
+
+    `normalise`d, then, with each message's own encoding characters (MSH-1/MSH-2 untouched): MSH-7
+    emptied, and trailing empty fields, repetitions, components and sub-components removed from
+    every segment. An engine that re-stamps MSH-7 or re-serialises a resend with `|||` sends the
+    same form again.
+    """
+    lines = [line for line in normalise(text).split("\r") if line.strip()]
+    enc = Encoding.from_msh(next((line for line in lines if line.startswith("MSH")), ""))
+    nested = enc.repetition + enc.component + enc.subcomponent
+    out = []
+    for line in lines:
+        fields = line.split(enc.field)
+        if fields[0] == "MSH":
+            head, rest = fields[:2], fields[2:]  # MSH, MSH-2; rest[0] is MSH-3
+            if len(rest) > 4:
+                rest[4] = ""  # MSH-7
+            fields = head + [_trim(f, nested) for f in rest]
+            keep = 2
+        else:
+            fields = [fields[0]] + [_trim(f, nested) for f in fields[1:]]
+            keep = 1
+        while len(fields) > keep and not fields[-1]:
+            fields.pop()
+        out.append(enc.field.join(fields))
+    return "\r".join(out)
+
+
 @dataclass
 class Split:
     messages: list[RawMessage]

@@ -509,8 +509,8 @@ def _value(obs: FhirObservation, tz: tzinfo) -> tuple[str, str, str, Quantity | 
         unit = _quantity_unit(low if low is not None else high) if (low or high) is not None else Coded()
         lo = format(low.value, "f") if low is not None and low.value is not None else ""
         hi = format(high.value, "f") if high is not None and high.value is not None else ""
-        if lo and hi:  # a range counts as its lower value, as the HL7 text `30-40` (docs/protocol.md)
-            return "valueRange", "SN", f"{lo}-{hi}", Quantity(value=low.value, unit=unit), unit
+        if lo and hi:  # a range keeps both ends, as the HL7 text `30-40` (docs/protocol.md)
+            return "valueRange", "SN", f"{lo}-{hi}", Quantity(value=low.value, unit=unit, upper=high.value), unit
         if lo:
             return "valueRange", "SN", f">={lo}", Quantity(value=low.value, unit=unit, comparator=">="), unit
         if hi:

@@ -32,6 +32,7 @@ class HistoryEntry(BaseModel):
     protocol_id: str = ""
     start: datetime | None = None
     amount: Decimal | None = None
+    amount_max: Decimal | None = None  # RXE-4 (RXO-3): a history premed is judged in full
     amount_units: str = ""
     route: str = ""
     as_needed: bool = False
@@ -50,8 +51,9 @@ class Cancellation(BaseModel):
 
 
 class MessageKey(BaseModel):
-    """docs/interfaces.md §3: (MSH-3, MSH-4, MSH-10) and the SHA-256 of the normalised message."""
+    """docs/interfaces.md §3: (MSH-11, MSH-3, MSH-4, MSH-10) and the SHA-256 of the message's redelivery form."""
 
+    processing_id: str = "P"
     sending_application: str
     sending_facility: str
     control_id: str
@@ -81,6 +83,7 @@ class ProcessedMessage(BaseModel):
     computed: dict[str, Any] = {}
     new_orders: list[HistoryEntry] = []
     cancellations: list[Cancellation] = []
+    delivery_id: str | None = None  # the delivery (stream entry, Celery task...) this record answers
 
 
 class KeyTaken(Exception):
@@ -132,7 +135,7 @@ class BatchedStore:
         self.held: list[ProcessedMessage] = []
         self.deliveries: list[tuple[MessageKey, datetime]] = []
         self._patients: set[str] = set()
-        self._keys: set[tuple[str, str, str]] = set()
+        self._keys: set[tuple[str, str, str, str]] = set()
         self.staged = 0  # writes handed to this store so far (messages and deliveries)
         self.written = 0  # of those, how many are written
 
@@ -174,15 +177,15 @@ class InMemoryStore:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()  # save_all calls save
-        self.answers: dict[tuple[str, str, str], StoredAnswer] = {}
+        self.answers: dict[tuple[str, str, str, str], StoredAnswer] = {}
         self.orders: dict[str, list[HistoryEntry]] = {}
         self.removed: list[HistoryEntry] = []
         self.audit: list[ProcessedMessage] = []
         self.deliveries: list[tuple[MessageKey, datetime]] = []
 
     @staticmethod
-    def _slot(key: MessageKey) -> tuple[str, str, str]:
-        return (key.sending_application, key.sending_facility, key.control_id)
+    def _slot(key: MessageKey) -> tuple[str, str, str, str]:
+        return (key.processing_id, key.sending_application, key.sending_facility, key.control_id)
 
     def answer_for(self, key: MessageKey) -> StoredAnswer | None:
         return self.answers.get(self._slot(key))

@@ -58,9 +58,27 @@ class Location(_Model):
 class Quantity(_Model):
     """A number with its unit as sent; `comparator` keeps a bound such as `>` of SN `>^90`."""
 
-    value: Decimal
+    value: Decimal  # a range's lower end
     unit: Coded = Field(default_factory=Coded)
     comparator: str = ""
+    upper: Decimal | None = None  # a range's upper end (`30-40`, SN `30^-^40`)
+
+    @property
+    def high(self) -> Decimal:
+        """The upper end of a range, else the value: what a rule reads when a high value refuses
+        (WBC, liver tests); the lower end (`value`) when a low value refuses (CD33)."""
+        return self.upper if self.upper is not None else self.value
+
+
+class Component(_Model):
+    """One RXC segment: an additive (`A`) or base (`B`) of the order (HL7 table 0166)."""
+
+    kind: str = ""  # RXC-1
+    drug: Coded = Field(default_factory=Coded)  # RXC-2
+    amount: Decimal | None = None  # RXC-3
+    amount_raw: str = ""
+    units: Coded = Field(default_factory=Coded)  # RXC-4
+    location: Location | None = None  # the RXC segment (field 3: its amount)
 
 
 class Observation(_Model):
@@ -74,7 +92,8 @@ class Observation(_Model):
     reference_range: str = ""
     abnormal_flags: str = ""
     status: str = ""
-    observed_at: datetime | None = None
+    observed_at: datetime | None = None  # the earliest instant OBX-14 may name (validator/hl7time.py)
+    observed_latest: datetime | None = None  # the latest, when OBX-14 is coarse or ambiguous
     order_index: int | None = None  # the order group it came in, if any
 
     @property
@@ -85,8 +104,14 @@ class Observation(_Model):
 class Timing(_Model):
     """Timing of one order, from TQ1 (v2.5+) or the TQ of RXE-1 / ORC-7 (v2.3/2.4)."""
 
-    start: datetime | None = None
+    start: datetime | None = None  # the earliest instant the start may name (validator/hl7time.py)
     end: datetime | None = None
+    # The latest instant, when the time is coarser than a minute or a wall-clock time the zone
+    # skips or repeats (None: exact); windows and limits are judged at the less favourable end.
+    start_latest: datetime | None = None
+    end_latest: datetime | None = None
+    start_has_time: bool = True  # False: a date alone (a GO start needs a time of day)
+    several_starts: str = ""  # why the order plans more than one administration ('' = one)
     service_duration: Quantity | None = None  # TQ1-6, e.g. 240^min
     priority: str = ""  # TQ1-9 / TQ-6, e.g. PRN
     condition: str = ""  # TQ1-10 / TQ-7
@@ -97,6 +122,9 @@ class Timing(_Model):
     @property
     def as_needed(self) -> bool:
         return "PRN" in self.priority.upper().split("~") or bool(self.condition)
+
+
+NEW_ORDER_CONTROLS = ("NW", "XO", "RP", "")  # ORC-1 of a new order (XO/RP replace one); CA/DC cancel
 
 
 class Order(_Model):
@@ -123,6 +151,10 @@ class Order(_Model):
     rate_units: Coded = Field(default_factory=Coded)  # RXE-24
     rate_location: Location | None = None
     components: list[Quantity] = []  # RXC-3/4 amounts (volume for the rate)
+    rx_components: list[Component] = []  # every RXC, read (admixtures: validator/admixture.py)
+    # An admixture judged as its drug (validator/admixture.py): RXE-3/RXE-5 were the bag's volume.
+    give_volume: Quantity | None = None
+    admixture: bool = False
     has_give: bool = False  # the group has an RXE, RXO (or OBR): something to validate
     indication: Coded = Coded()  # RXE-27 give indication (may name the protocol)
     notes: list[str] = []  # NTE-3 texts in the order group
@@ -130,6 +162,16 @@ class Order(_Model):
     # Raw segment lines echoed in the response (ORC, RXE or RXO, RXR).
     echo_lines: list[str] = []
     orc_line: str = ""
+
+    @property
+    def is_new(self) -> bool:
+        """A new order (NW, XO, RP or an empty ORC-1), the orders the rules judge and count as evidence.
+
+        `control` is compared as read: the reader strips and upper-cases ORC-1, so a control that
+        was not normalised (an order built by hand as `nw`) is no new order, the same reading as the
+        engine's, which refuses it as an unprocessed order control (docs/protocol.md).
+        """
+        return self.control in NEW_ORDER_CONTROLS
 
     @property
     def placer_key(self) -> str:
@@ -160,11 +202,14 @@ class OrderSet(_Model):
     message_code: str = ""  # MSH-9.1
     trigger_event: str = ""  # MSH-9.2
     version: str = ""  # MSH-12.1
+    processing_id: str = "P"  # MSH-11.1, upper case; empty is P
+    processing_mode: str = ""  # MSH-11.2
     sending_application: str = ""
     sending_facility: str = ""
     receiving_application: str = ""
     receiving_facility: str = ""
-    message_time: datetime | None = None  # MSH-7
+    message_time: datetime | None = None  # MSH-7 (its earliest instant)
+    message_time_latest: datetime | None = None
     patient: Patient = Field(default_factory=Patient)
     pid_line: str = ""
     orders: list[Order] = []
@@ -173,3 +218,15 @@ class OrderSet(_Model):
     @property
     def sender(self) -> str:
         return f"{self.sending_application}^{self.sending_facility}"
+
+    @property
+    def course_key(self) -> str:
+        """The key of the patient's course history: the patient key, kept apart per processing id.
+
+        Production (`P`) uses the patient key itself; a training (`T`) or debugging (`D`) message
+        has its own history (`MRN^AUTH#T`), so a training copy never blocks or counts for production.
+        """
+        key = self.patient.key
+        if not key or self.processing_id == "P":
+            return key
+        return f"{key}#{self.processing_id}"

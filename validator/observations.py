@@ -46,14 +46,16 @@ def usable_observations(
 ) -> tuple[list[Observation], list[Finding]]:
     """Final/corrected observations not dated in the future; a warning for each future-dated one."""
     limit = (order_set.message_time or received_at) + timedelta(
-        minutes=float(protocol.observations.future_tolerance_minutes)
+        seconds=float(protocol.observations.future_tolerance_minutes * 60)
     )
     kept: list[Observation] = []
     findings: list[Finding] = []
     for obs in order_set.observations:
         if not obs.final:
             continue
-        if obs.observed_at is not None and obs.observed_at > limit:
+        # Exact instants; an OBX-14 that may name a time past the limit (coarse, or a repeated or
+        # skipped wall-clock time) is invalid data: a result that cannot be shown valid is not used.
+        if obs.observed_at is not None and (obs.observed_latest or obs.observed_at) > limit:
             findings.append(
                 warning(
                     RULE_OBSERVATION_TIME,
@@ -97,6 +99,8 @@ def _body_measure(
         return Measure(None, None, f"no {what} observation")
     if obs.quantity is None:
         return Measure(None, obs, f"{what} value {obs.raw_value!r} is not a number")
+    if obs.quantity.upper is not None:
+        return Measure(None, obs, f"{what} value {obs.raw_value!r} is a range, not a measured value")
     unit_factor = factor(obs.units, table)
     if unit_factor is None:
         return Measure(None, obs, f"{what} unit {unit_label(obs.units)!r} is not known")

@@ -38,6 +38,16 @@ class CodeSystems(_Strict):
     rxnorm: list[str]
     ndc: list[str]
     loinc: list[str]
+    # RXR-1.3 names of HL7 table 0162 (an empty RXR-1.3 counts as that table too)
+    route_table: list[str] = ["HL70162"]
+
+
+class RouteCode(_Strict):
+    """A route code of another coding system (RXR-1.3) and the table 0162 code it stands for."""
+
+    systems: list[str]
+    code: str
+    route: str
 
 
 class ObservationMatch(_Strict):
@@ -202,6 +212,9 @@ class Protocol(_Strict):
     order_codes: list[str] = []
     drug: DrugMatch
     code_systems: CodeSystems
+    # Route codes of other systems read as table 0162 codes (e.g. SNOMED 47625008 -> IV); a code of
+    # another system that is not listed makes the route unreadable (docs/protocol.md, "Routes").
+    route_codes: list[RouteCode] = []
     eligibility: Eligibility
     dose: Dose
     route: Route

@@ -14,8 +14,8 @@ from decimal import Decimal, InvalidOperation
 
 from .er7 import Encoding, RawMessage, Segment, escape, unescape
 from .errors import MessageRejected
-from .hl7time import parse_date, parse_datetime
-from .model import Coded, Location, Observation, Order, OrderSet, Patient, Quantity, Timing
+from .hl7time import Moment, parse_date, parse_datetime, parse_moment
+from .model import Coded, Component, Location, Observation, Order, OrderSet, Patient, Quantity, Timing
 
 SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
 SUPPORTED_TYPES = {"RDE": ("O11", "O25", "O01"), "OMP": ("O09",), "ORM": ("O01",)}
@@ -55,12 +55,30 @@ def read_header(raw: RawMessage, tz: tzinfo) -> OrderSet:
         message_code=msh.component(9, 1).upper(),
         trigger_event=msh.component(9, 2).upper(),
         version=msh.component(12, 1),
+        processing_id=msh.component(11, 1).upper() or "P",
+        processing_mode=msh.component(11, 2).upper(),
         sending_application=msh.field(3),
         sending_facility=msh.field(4),
         receiving_application=msh.field(5),
         receiving_facility=msh.field(6),
         message_time=parse_datetime(msh.field(7), tz),
+        message_time_latest=_latest(parse_moment(msh.field(7), tz)),
     )
+
+
+PROCESSING_IDS = ("P", "T", "D")  # production, training, debugging (docs/protocol.md, Processing id)
+PROCESSING_MODES = ("", "T")  # MSH-11.2: current processing, or T (current processing, transmitted at intervals)
+
+
+def check_processing_id(order_set: OrderSet) -> None:
+    """MSH-11: P, T or D (empty is P), with an empty or `T` processing mode; else AR 202."""
+    if order_set.processing_id not in PROCESSING_IDS or order_set.processing_mode not in PROCESSING_MODES:
+        sent = order_set.processing_id + (f"^{order_set.processing_mode}" if order_set.processing_mode else "")
+        raise MessageRejected(
+            "hl7.processing_id", "202",
+            f"processing id {sent!r} (MSH-11) is not supported: P (production), T (training) or D (debugging)",
+            "MSH", 11,
+        )
 
 
 def check_supported(order_set: OrderSet) -> None:
@@ -86,6 +104,7 @@ def check_supported(order_set: OrderSet) -> None:
             f"event {order_set.message_code}^{order_set.trigger_event or '(none)'} is not supported "
             f"(supported: {', '.join(order_set.message_code + '^' + e for e in events)})", "MSH", 9,
         )
+    check_processing_id(order_set)
     if not order_set.control_id:
         raise MessageRejected("hl7.control_id", "101", "MSH-10 (message control id) is missing", "MSH", 10)
 
@@ -187,6 +206,7 @@ class _OrderState:
         self.rxo: Segment | None = None
         self.tq1_before: Segment | None = None  # TIMING group (before RXO)
         self.tq1_after: Segment | None = None  # TIMING_ENCODED group (after RXE)
+        self.tq1_count = 0  # every TQ1 of the group: more than one plans more than one start
         self.rxr_before: list[Segment] = []
         self.rxr_after: list[Segment] = []
 
@@ -223,14 +243,19 @@ def _read_order_segment(state: _OrderState, seg: Segment, tz: tzinfo) -> None:
     elif name == "RXR":
         (state.rxr_after if state.rxe else state.rxr_before).append(seg)
     elif name == "TQ1":
+        state.tq1_count += 1
         if state.rxe and state.tq1_after is None:
             state.tq1_after = seg
         elif not state.rxe and state.tq1_before is None:
             state.tq1_before = seg
     elif name == "RXC":
-        amount = decimal_or_none(seg.component(3))
+        amount_raw, amount = _single_number(seg, 3)
         if amount is not None:
             order.components.append(Quantity(value=amount, unit=coded(seg, 4)))
+        order.rx_components.append(Component(
+            kind=seg.component(1).strip().upper(), drug=coded(seg, 2), amount=amount, amount_raw=amount_raw,
+            units=coded(seg, 4), location=Location(segment="RXC", occurrence=seg.occurrence, field=3),
+        ))
     elif name == "OBR" and not (order.drug.code or order.drug.text):
         # ORC + OBR is a non-pharmacy order (ORM^O01): named by its service id.
         order.drug = coded(seg, 4)
@@ -265,10 +290,10 @@ def _timing(state: _OrderState, tz: tzinfo) -> Timing:
     timing = Timing()
     tq1 = state.tq1_after or state.tq1_before
     if tq1 is not None:
-        timing.start = parse_datetime(tq1.component(7), tz)
+        _set_start(timing, parse_moment(tq1.component(7), tz))
         if tq1.field(7):
             timing.start_location = Location(segment="TQ1", occurrence=tq1.occurrence, field=7)
-        timing.end = parse_datetime(tq1.component(8), tz)
+        _set_end(timing, parse_moment(tq1.component(8), tz))
         if tq1.field(8):
             timing.end_location = Location(segment="TQ1", occurrence=tq1.occurrence, field=8)
         value = decimal_or_none(tq1.component(6, 1)) if len(tq1.repetitions(6)) <= 1 else None
@@ -280,6 +305,7 @@ def _timing(state: _OrderState, tz: tzinfo) -> Timing:
             timing.duration_location = Location(segment="TQ1", occurrence=tq1.occurrence, field=6)
         timing.priority = "~".join(tq1.component(9, 1, r) for r in range(len(tq1.repetitions(9))))
         timing.condition = tq1.component(10)
+    timing.several_starts = _several_starts(state, tq1)
     tq_source: tuple[Segment, int] | None = None
     if state.rxe is not None and state.rxe.field(1):
         tq_source = (state.rxe, 1)
@@ -288,10 +314,10 @@ def _timing(state: _OrderState, tz: tzinfo) -> Timing:
     if tq_source is not None:
         seg, n = tq_source
         if timing.start is None and seg.component(n, 4):
-            timing.start = parse_datetime(seg.component(n, 4), tz)
+            _set_start(timing, parse_moment(seg.component(n, 4), tz))
             timing.start_location = Location(segment=seg.name, occurrence=seg.occurrence, field=n)
         if timing.end is None and seg.component(n, 5):
-            timing.end = parse_datetime(seg.component(n, 5), tz)
+            _set_end(timing, parse_moment(seg.component(n, 5), tz))
             timing.end_location = Location(segment=seg.name, occurrence=seg.occurrence, field=n)
         if timing.service_duration is None:
             m = _TQ_DURATION.match(seg.component(n, 3))
@@ -309,6 +335,54 @@ def _timing(state: _OrderState, tz: tzinfo) -> Timing:
         if not timing.condition:
             timing.condition = seg.component(n, 7)
     return timing
+
+
+_ONCE = ("", "ONCE")
+_TQ_REPEATS = re.compile(r"^X(\d+)$", re.I)
+
+
+def _several_starts(state: _OrderState, tq1: Segment | None) -> str:
+    """Why the order plans more than one administration ('' when it plans one): docs/protocol.md,
+    "One start per GO order". A repeat field that cannot be read counts as more than one start."""
+    if state.tq1_count > 1:
+        return f"{state.tq1_count} TQ1 segments"
+    if tq1 is not None:
+        pattern = tq1.component(3).strip().upper()
+        if pattern not in _ONCE or len(tq1.repetitions(3)) > 1:
+            return f"TQ1-3 repeat pattern {tq1.field(3)!r}"
+        total = tq1.component(14).strip()
+        if total and (decimal_or_none(total) is None or decimal_or_none(total) != 1):
+            return f"TQ1-14 total occurrences {total!r}"
+        if len([r for r in tq1.repetitions(4) if r.strip()]) > 1:
+            return f"several TQ1-4 explicit times {tq1.field(4)!r}"
+    for seg, n in ((state.rxe, 1), (state.orc, 7)):
+        if seg is None or not seg.field(n):
+            continue
+        if len(seg.repetitions(n)) > 1:
+            return f"{seg.name}-{n} repeats its timing ({len(seg.repetitions(n))} TQ repetitions)"
+        interval = seg.component(n, 2).strip().upper()
+        if interval not in _ONCE:
+            return f"{seg.name}-{n} interval {interval!r}"
+        duration = seg.component(n, 3).strip()
+        repeats = _TQ_REPEATS.match(duration)
+        if repeats and int(repeats.group(1)) != 1:
+            return f"{seg.name}-{n} duration {duration!r} ({repeats.group(1)} times)"
+    return ""
+
+
+def _latest(moment: Moment | None) -> object:
+    return moment.latest if moment is not None and not moment.exact else None
+
+
+def _set_start(timing: Timing, moment: Moment | None) -> None:
+    timing.start = moment.earliest if moment else None
+    timing.start_latest = _latest(moment)  # type: ignore[assignment]
+    timing.start_has_time = moment.has_time_of_day if moment else True
+
+
+def _set_end(timing: Timing, moment: Moment | None) -> None:
+    timing.end = moment.earliest if moment else None
+    timing.end_latest = _latest(moment)  # type: ignore[assignment]
 
 
 def _read_patient(pid: Segment) -> Patient:
@@ -335,6 +409,7 @@ def _read_patient(pid: Segment) -> Patient:
 
 def _read_observation(seg: Segment, order_index: int | None, tz: tzinfo) -> Observation:
     value_type = seg.component(2).upper()
+    observed = parse_moment(seg.component(14), tz)
     units = coded(seg, 6)
     raw_value = seg.field(5)
     quantity: Quantity | None = None
@@ -342,14 +417,17 @@ def _read_observation(seg: Segment, order_index: int | None, tz: tzinfo) -> Obse
         pass  # several numbers in one result (8~45): which one is meant cannot be known -> no number
     elif value_type == "SN":
         # SN: comparator ^ num1 ^ separator/suffix ^ num2. "25^+" is "25 or more" (a lower bound);
-        # "1^:^10" or "1^/^10" is a ratio, not a count; "30^-^40" a range, read as its lower value.
+        # "1^:^10" or "1^/^10" is a ratio, not a count; "30^-^40" a range: both ends are kept, and each
+        # rule reads the end least favourable to accepting (Quantity.high / value).
         comparator = seg.component(5, 1)
         first = decimal_or_none(seg.component(5, 2))
         separator = seg.component(5, 3)
         if separator == "+" and not comparator:
             comparator = ">="
+        second = decimal_or_none(seg.component(5, 4)) if separator == "-" else None
         if first is not None and separator in ("", "-", "+"):
-            quantity = Quantity(value=first, unit=units, comparator=comparator)
+            quantity = Quantity(value=first, unit=units, comparator=comparator,
+                                upper=second if second is not None and second >= first and not comparator else None)
     else:
         quantity = text_quantity(seg.component(5, 1) if value_type in ("NM", "") else _leaf_text(seg, 5), units)
     return Observation(
@@ -363,7 +441,8 @@ def _read_observation(seg: Segment, order_index: int | None, tz: tzinfo) -> Obse
         reference_range=seg.component(7),
         abnormal_flags=seg.component(8),
         status=seg.component(11).upper(),
-        observed_at=parse_datetime(seg.component(14), tz),
+        observed_at=observed.earliest if observed else None,
+        observed_latest=_latest(observed),
         order_index=order_index,
     )
 
@@ -381,8 +460,10 @@ def text_quantity(text: str, units: Coded) -> Quantity | None:
     if m:
         return Quantity(value=Decimal(m.group(2)), unit=units if not m.group(3) else Coded(code="%"), comparator=m.group(1) or "")
     m = _TEXT_RANGE.match(text)
-    if m:  # a range "30-40" counts as its lower value (docs/protocol.md)
-        return Quantity(value=Decimal(m.group(1)), unit=units if not (m.group(2) or m.group(4)) else Coded(code="%"))
+    if m:  # a range "30-40": both ends kept; each rule reads the end least favourable to accepting
+        low, high = Decimal(m.group(1)), Decimal(m.group(3))
+        return Quantity(value=low, upper=high if high >= low else None,
+                        unit=units if not (m.group(2) or m.group(4)) else Coded(code="%"))
     return None
 
 

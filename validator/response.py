@@ -33,7 +33,9 @@ ERROR_TEXTS = {
     "103": "Table value not found",
     "200": "Unsupported message type",
     "201": "Unsupported event code",
+    "202": "Unsupported processing id",
     "203": "Unsupported version id",
+    "205": "Duplicate key identifier",
     "207": "Application internal error",
 }
 # docs/interfaces.md §2: ERR-3 is 207 for protocol rules, a structure code (table 0357) for the hl7.* findings
@@ -64,12 +66,18 @@ def new_control_id() -> str:
     return "RX" + uuid.uuid4().hex[:18].upper()
 
 
-def _msh(header: OrderSet, message_type: str, version: str, now: datetime, processing: str = "P") -> str:
+def processing_field(header: OrderSet) -> str:
+    """The response's MSH-11: the request's (P when it was empty), escaped."""
+    sent = header.processing_id or "P"
+    return escape(sent) + (f"^{escape(header.processing_mode)}" if header.processing_mode else "")
+
+
+def _msh(header: OrderSet, message_type: str, version: str, now: datetime) -> str:
     fields = [
         "MSH", "^~\\&",
         escape_hd(header.receiving_application), escape_hd(header.receiving_facility),
         escape_hd(header.sending_application), escape_hd(header.sending_facility),
-        now.strftime("%Y%m%d%H%M%S%z"), "", message_type, new_control_id(), processing or "P", version,
+        now.strftime("%Y%m%d%H%M%S%z"), "", message_type, new_control_id(), processing_field(header), version,
     ]
     return "|".join(fields)
 
@@ -108,7 +116,7 @@ def reason_line(findings: list[Finding]) -> str:
     return f"{first.rule}: {first.message}{more}"
 
 
-def build_response(judgement: Judgement, now: datetime, processing: str = "P") -> str:
+def build_response(judgement: Judgement, now: datetime) -> str:
     """The RRE^O12 (or pair) for a processed order message."""
     order_set = judgement.order_set
     version = order_set.version
@@ -117,7 +125,7 @@ def build_response(judgement: Judgement, now: datetime, processing: str = "P") -
     message_type = f"{code}^{event}" if vt < (2, 3, 1) else f"{code}^{event}^{structure}"
     findings = judgement.findings
     ack = judgement.ack_code
-    lines = [_msh(order_set, message_type, version, now, processing), _msa(ack, order_set.control_id, reason_line(findings), vt)]
+    lines = [_msh(order_set, message_type, version, now), _msa(ack, order_set.control_id, reason_line(findings), vt)]
     for found in findings:
         if found.severity == "info":
             continue
@@ -140,7 +148,6 @@ def build_response(judgement: Judgement, now: datetime, processing: str = "P") -
 
 def build_rejection(
     header: OrderSet | None, rule: str, code: str, message: str, location: Location | None, now: datetime,
-    processing: str = "P",
 ) -> str:
     """An ACK with MSA-1 AR: the message as a whole was not processed."""
     header = header or OrderSet()
@@ -150,7 +157,7 @@ def build_rejection(
     message_type = "ACK" if not event else (f"ACK^{event}" if vt < (2, 3, 1) else f"ACK^{event}^ACK")
     found = Finding(rule=rule, severity="error", message=message, location=location)
     lines = [
-        _msh(header, message_type, version, now, processing),
+        _msh(header, message_type, version, now),
         _msa("AR", header.control_id, f"{rule}: {message}", vt),
         _err(found, location, vt, code),
     ]

@@ -11,27 +11,133 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
 
-from .er7 import RawMessage, normalise, split_messages
+from .er7 import RawMessage, normalise, redelivery_form, split_messages
 from .errors import MessageRejected
-from .history import HistoryChanged, KeyTaken, MessageKey, ProcessedMessage, Store
+from .history import Cancellation, HistoryChanged, HistoryEntry, KeyTaken, MessageKey, ProcessedMessage, Store
 from .model import Location, OrderSet
 from .protocol import Protocol, ProtocolSet
 from .reader import DEFAULT_LIMITS, Limits, check_limits, read_header, read_order_set
 from .response import build_rejection, build_response
-from .verdict import Judgement, judge
+from .verdict import Judgement, OrderVerdict, judge
 
 log = logging.getLogger("rxgate")
 INTERNAL_ERROR_RULE = "rxgate.internal_error"
 REJUDGE_ATTEMPTS = 5  # a patient's history changed under us this often: let the entry point's retry take over
 
 
+@dataclass(frozen=True)
+class Call:
+    """What one call of `process_text` / `process_message` works with, passed once instead of to every helper."""
+
+    store: Store
+    protocol: Protocol | ProtocolSet
+    tz: tzinfo
+    received_at: datetime
+    limits: Limits = DEFAULT_LIMITS
+
+    def now(self) -> datetime:
+        return datetime.now(self.tz)
+
+
+@dataclass(frozen=True)
+class OrderResult:
+    """One order of the JSON result (docs/interfaces.md §1)."""
+
+    placer_order_number: str
+    drug: str
+    protocol_order: bool
+    order_control: str
+    findings: list[dict[str, Any]]
+    protocol: dict[str, str] | None = None
+
+    @classmethod
+    def of(cls, verdict: OrderVerdict) -> OrderResult:
+        computed = verdict.computed
+        return cls(
+            placer_order_number=verdict.order.placer_number,
+            drug=verdict.order.drug_label(),
+            protocol_order=verdict.protocol_order,
+            order_control=verdict.control,
+            findings=[f.to_json() for f in verdict.findings],
+            protocol=({"id": computed["protocol_id"], "version": computed["protocol_version"]}
+                      if "protocol_id" in computed else None),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "placer_order_number": self.placer_order_number,
+            "drug": self.drug,
+            "protocol_order": self.protocol_order,
+            "order_control": self.order_control,
+            "findings": self.findings,
+        }
+        if self.protocol is not None:
+            out["protocol"] = self.protocol
+        return out
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The JSON result of docs/interfaces.md §1, `response` included: built here and nowhere else."""
+
+    control_id: str | None
+    message_type: str | None
+    ack_code: str
+    response: str
+    findings: list[dict[str, Any]]
+    orders: list[OrderResult] = field(default_factory=list)
+    patient_id: str | None = None
+    protocol: dict[str, str] | None = None  # None for a message rejected as a whole (no protocol judged it)
+
+    @classmethod
+    def judged(cls, judgement: Judgement, response: str) -> CheckResult:
+        order_set = judgement.order_set
+        return cls(
+            control_id=order_set.control_id,
+            message_type=order_set.message_type,
+            ack_code=judgement.ack_code,
+            response=response,
+            findings=[f.to_json() for f in judgement.findings],
+            orders=[OrderResult.of(v) for v in judgement.orders],
+            patient_id=order_set.patient.id or None,
+            protocol={"id": judgement.protocol_id, "version": judgement.protocol_version},
+        )
+
+    @classmethod
+    def rejected(cls, header: OrderSet | None, rule: str, message: str, location: Location | None,
+                 response: str) -> CheckResult:
+        return cls(
+            control_id=(header.control_id or None) if header else None,
+            message_type=(header.message_type or None) if header else None,
+            ack_code="AR",
+            response=response,
+            findings=[{"rule": rule, "severity": "error", "location": location.short() if location else None,
+                       "message": message}],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "control_id": self.control_id,
+            "message_type": self.message_type,
+            "ack_code": self.ack_code,
+        }
+        if self.protocol is not None:
+            out["patient_id"] = self.patient_id
+        out["orders"] = [o.to_json() for o in self.orders]
+        out["findings"] = self.findings
+        if self.protocol is not None:
+            out["protocol"] = self.protocol
+        out["response"] = self.response
+        return out
+
+
 @dataclass
 class Outcome:
-    result: dict[str, Any]  # the JSON result of docs/interfaces.md §1, "response" included
+    result: dict[str, Any]  # CheckResult.to_json(): the stored and printed form
     redelivered: bool = False
 
     @property
@@ -47,18 +153,45 @@ class Outcome:
         return self.result["control_id"]
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """A message refused as a whole (AR): its rule, ERR-3 code, text and where."""
+
+    rule: str
+    code: str
+    message: str
+    location: Location | None = None
+
+
+@dataclass(frozen=True)
+class Writes:
+    """What a judged message adds to the store besides its answer."""
+
+    patient_key: str = ""
+    computed: dict[str, Any] = field(default_factory=dict)
+    new_orders: list[HistoryEntry] = field(default_factory=list)
+    cancellations: list[Cancellation] = field(default_factory=list)
+
+
 def content_sha256(text: str) -> str:
+    """SHA-256 of the normalised text (a message stored without a key)."""
     return hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()
+
+
+def redelivery_sha256(text: str) -> str:
+    """SHA-256 of the redelivery form: what tells a resend from other content under the same key."""
+    return hashlib.sha256(redelivery_form(text).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def message_key(header: OrderSet, text: str) -> MessageKey | None:
     if not header.control_id:
         return None
     return MessageKey(
+        processing_id=header.processing_id,
         sending_application=header.sending_application,
         sending_facility=header.sending_facility,
         control_id=header.control_id,
-        content_sha256=content_sha256(text),
+        content_sha256=redelivery_sha256(text),
     )
 
 
@@ -67,17 +200,15 @@ def process_text(
     limits: Limits = DEFAULT_LIMITS,
 ) -> list[Outcome]:
     """Every message in a text (a file, a queue entry): one outcome each, in order."""
+    call = Call(store, protocol, tz, received_at or datetime.now(tz), limits)
     split = split_messages(text)
+    outcomes: list[Outcome] = []
     if split.no_msh or split.junk_before_first:
         what = "no MSH segment found" if split.no_msh else "unexpected data before the first MSH segment"
-        outcomes = [_unparseable(text, what, store, protocol, tz, received_at)]
+        outcomes.append(_unparseable(call, text, what))
         if split.no_msh:
             return outcomes
-    else:
-        outcomes = []
-    outcomes.extend(
-        process_message(raw, store, protocol, tz=tz, received_at=received_at, limits=limits) for raw in split.messages
-    )
+    outcomes.extend(_process(call, raw) for raw in split.messages)
     return outcomes
 
 
@@ -85,164 +216,130 @@ def process_message(
     raw: RawMessage, store: Store, protocol: Protocol | ProtocolSet, *, tz: tzinfo, received_at: datetime | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Outcome:
+    return _process(Call(store, protocol, tz, received_at or datetime.now(tz), limits), raw)
+
+
+def _process(call: Call, raw: RawMessage) -> Outcome:
     started = time.perf_counter()
-    received_at = received_at or datetime.now(tz)
     text = raw.text
     try:
-        header = read_header(raw, tz)
+        header = read_header(raw, call.tz)
     except MessageRejected as exc:
-        return _unparseable(text, exc.message, store, protocol, tz, received_at)
+        return _unparseable(call, text, exc.message)
     key = message_key(header, text)
     if key is not None:
-        stored = store.answer_for(key)
+        stored = call.store.answer_for(key)
         if stored is not None:
-            return _answer_again(key, stored.content_sha256, stored.result, header, text, store, protocol, tz, received_at)
+            return _answer_again(call, key, stored.content_sha256, stored.result, header, text)
     try:
-        check_limits(raw, limits)
-        order_set = read_order_set(raw, tz)
+        check_limits(raw, call.limits)
+        order_set = read_order_set(raw, call.tz)
     except MessageRejected as exc:
         location = Location(segment=exc.segment, occurrence=1, field=exc.field) if exc.field else None
         # stored under the key: a redelivery of a rejected message gets the same AR
-        return _reject(key, header, exc.rule, exc.code, exc.message, location, text, store, protocol, tz,
-                       received_at, started)
+        return _reject(call, key, header, Rejection(exc.rule, exc.code, exc.message, location), text, started)
     for attempt in range(1, REJUDGE_ATTEMPTS + 1):
-        history = store.orders_for(order_set.patient.key) if order_set.patient.key else []
         try:
-            judgement = judge(order_set, history, protocol, tz=tz, received_at=received_at)
-            response = build_response(judgement, datetime.now(tz))
-        except Exception:  # a bug must still give an answer, never a silent loss or a traceback
-            log.exception("internal error judging control_id=%s; answered AR %s", header.control_id,
-                          INTERNAL_ERROR_RULE)
-            message = "not processed: internal error in the validator (logged); resend after it is fixed"
-            return _reject(None, header, INTERNAL_ERROR_RULE, "207", message, None, text, store, protocol, tz,
-                           received_at, started)
-        result = judgement_result(judgement, response)
-        computed = {str(v.order.placer_number or v.order.index): v.computed for v in judgement.orders if v.computed}
-        try:
-            outcome = _save(
-                key, result, header, text, order_set.patient.key, computed, judgement.new_orders,
-                judgement.cancellations, store, protocol, tz, received_at,
-            )
+            outcome = _judge_and_save(call, key, header, order_set, text)
         except HistoryChanged:
             # Another worker changed this patient's course while we judged: judge again on the new history.
             if attempt == REJUDGE_ATTEMPTS:
                 raise
             log.info("history changed while judging control_id=%s; judging again (%d)", header.control_id, attempt)
             continue
+        except _InternalError:
+            message = "not processed: internal error in the validator (logged); resend after it is fixed"
+            return _reject(call, None, header, Rejection(INTERNAL_ERROR_RULE, "207", message), text, started)
         _log(outcome, started)
         return outcome
     raise AssertionError("unreachable")
 
 
-def judgement_result(judgement: Judgement, response: str) -> dict[str, Any]:
-    order_set = judgement.order_set
-    return {
-        "control_id": order_set.control_id,
-        "message_type": order_set.message_type,
-        "ack_code": judgement.ack_code,
-        "patient_id": order_set.patient.id or None,
-        "orders": [
-            {
-                "placer_order_number": v.order.placer_number,
-                "drug": v.order.drug_label(),
-                "protocol_order": v.protocol_order,
-                "order_control": v.control,
-                "findings": [f.to_json() for f in v.findings],
-                **({"protocol": {"id": v.computed["protocol_id"], "version": v.computed["protocol_version"]}}
-                   if "protocol_id" in v.computed else {}),
-            }
-            for v in judgement.orders
-        ],
-        "findings": [f.to_json() for f in judgement.findings],
-        "protocol": {"id": judgement.protocol_id, "version": judgement.protocol_version},
-        "response": response,
-    }
+class _InternalError(Exception):
+    """A bug while judging: answered AR rxgate.internal_error, never a silent loss or a traceback."""
 
 
-def _rejected_result(
-    header: OrderSet | None, rule: str, message: str, location: Location | None, response: str
-) -> dict[str, Any]:
-    return {
-        "control_id": (header.control_id or None) if header else None,
-        "message_type": (header.message_type or None) if header else None,
-        "ack_code": "AR",
-        "orders": [],
-        "findings": [{"rule": rule, "severity": "error", "location": location.short() if location else None,
-                      "message": message}],
-        "response": response,
-    }
+def _judge_and_save(call: Call, key: MessageKey | None, header: OrderSet, order_set: OrderSet, text: str) -> Outcome:
+    history = call.store.orders_for(order_set.course_key) if order_set.course_key else []
+    try:
+        judgement = judge(order_set, history, call.protocol, tz=call.tz, received_at=call.received_at)
+        response = build_response(judgement, call.now())
+    except Exception as exc:  # a bug must still give an answer, never a silent loss or a traceback
+        log.exception("internal error judging control_id=%s; answered AR %s", header.control_id, INTERNAL_ERROR_RULE)
+        raise _InternalError from exc
+    writes = Writes(
+        patient_key=order_set.course_key,
+        computed={str(v.order.placer_number or v.order.index): v.computed for v in judgement.orders if v.computed},
+        new_orders=judgement.new_orders,
+        cancellations=judgement.cancellations,
+    )
+    return _save(call, key, CheckResult.judged(judgement, response), header, text, writes)
 
 
-def _unparseable(
-    text: str, what: str, store: Store, protocol: Protocol | ProtocolSet, tz: tzinfo, received_at: datetime | None
-) -> Outcome:
-    return _reject(None, None, "hl7.structure", "100", what, None, text, store, protocol, tz,
-                   received_at or datetime.now(tz), time.perf_counter())
+def _unparseable(call: Call, text: str, what: str) -> Outcome:
+    return _reject(call, None, None, Rejection("hl7.structure", "100", what), text, time.perf_counter())
 
 
 def _answer_again(
-    key: MessageKey, stored_sha: str, stored_result: dict[str, Any], header: OrderSet, text: str,
-    store: Store, protocol: Protocol | ProtocolSet, tz: tzinfo, received_at: datetime,
+    call: Call, key: MessageKey, stored_sha: str, stored_result: dict[str, Any], header: OrderSet, text: str
 ) -> Outcome:
     """A key seen before: the same content gets the stored answer; other content is a duplicate control id."""
     if stored_sha == key.content_sha256:
-        store.record_delivery(key, received_at)
+        call.store.record_delivery(key, call.received_at)
         log.info("redelivery control_id=%s ack=%s: stored answer returned", key.control_id, stored_result["ack_code"])
         return Outcome(stored_result, redelivered=True)
     message = (
         f"control id {key.control_id} was already used by this sender for a different message; "
         "resend with a new MSH-10"
     )
-    location = Location(segment="MSH", occurrence=1, field=10)
+    rejection = Rejection("hl7.duplicate_control_id", "205", message, Location(segment="MSH", occurrence=1, field=10))
     # not stored under the key (it belongs to the first message), but audited
-    return _reject(None, header, "hl7.duplicate_control_id", "207", message, location, text, store, protocol, tz,
-                   received_at, time.perf_counter())
+    return _reject(call, None, header, rejection, text, time.perf_counter())
 
 
 def _reject(
-    key: MessageKey | None, header: OrderSet | None, rule: str, code: str, message: str, location: Location | None,
-    text: str, store: Store, protocol: Protocol | ProtocolSet, tz: tzinfo, received_at: datetime, started: float,
+    call: Call, key: MessageKey | None, header: OrderSet | None, rejection: Rejection, text: str, started: float
 ) -> Outcome:
     """Answer AR for the message as a whole, audit it, log it."""
-    response = build_rejection(header, rule, code, message, location, datetime.now(tz))
-    outcome = _save(key, _rejected_result(header, rule, message, location, response), header, text, "", {}, [], [],
-                    store, protocol, tz, received_at)
+    response = build_rejection(header, rejection.rule, rejection.code, rejection.message, rejection.location,
+                               call.now())
+    result = CheckResult.rejected(header, rejection.rule, rejection.message, rejection.location, response)
+    outcome = _save(call, key, result, header, text, Writes())
     _log(outcome, started)
     return outcome
 
 
 def _save(
-    key: MessageKey | None, result: dict[str, Any], header: OrderSet | None, text: str, patient_key: str,
-    computed: dict[str, Any], new_orders: list, cancellations: list, store: Store, protocol: Protocol | ProtocolSet,
-    tz: tzinfo, received_at: datetime,
+    call: Call, key: MessageKey | None, result: CheckResult, header: OrderSet | None, text: str, writes: Writes
 ) -> Outcome:
+    as_json = result.to_json()
     processed = ProcessedMessage(
         key=key,
-        received_at=received_at,
-        answered_at=datetime.now(tz),
+        received_at=call.received_at,
+        answered_at=call.now(),
         sender=header.sender if header else "",
         control_id=(header.control_id or None) if header else None,
-        patient_key=patient_key,
+        patient_key=writes.patient_key,
         raw_message=text,
-        ack_code=result["ack_code"],
-        result=result,
-        response=result["response"],
-        protocol_id=protocol.id,
-        protocol_version=protocol.version,
-        computed=computed,
-        new_orders=new_orders,
-        cancellations=cancellations,
+        ack_code=result.ack_code,
+        result=as_json,
+        response=result.response,
+        protocol_id=call.protocol.id,
+        protocol_version=call.protocol.version,
+        computed=writes.computed,
+        new_orders=writes.new_orders,
+        cancellations=writes.cancellations,
     )
     try:
-        store.save(processed)
+        call.store.save(processed)
     except KeyTaken:
         # Another worker answered the same key first: give its answer (or refuse other content).
         assert key is not None and header is not None
-        stored = store.answer_for(key)
+        stored = call.store.answer_for(key)
         if stored is None:
             raise
-        return _answer_again(key, stored.content_sha256, stored.result, header, text, store, protocol, tz, received_at)
-    return Outcome(result)
+        return _answer_again(call, key, stored.content_sha256, stored.result, header, text)
+    return Outcome(as_json)
 
 
 def _log(outcome: Outcome, started: float) -> None:

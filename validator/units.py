@@ -24,20 +24,23 @@ def _alias_keys(aliases: tuple[str, ...]) -> frozenset[str]:
     return frozenset(unit_key(a) for a in aliases)
 
 
+def _identifier_or_text(unit: Coded) -> str:
+    """Units by code first (docs/protocol.md, "Units"): the identifier when there is one, never a
+    fall-back to the text (`mg/kg^mg` is mg/kg, an unknown unit); the text only when the identifier is empty."""
+    return unit.code if unit.code.strip() else unit.text
+
+
 def factor(unit: Coded, table: dict[str, Decimal]) -> Decimal | None:
-    """The table's factor for a unit: its identifier first, else its text. None when unknown."""
-    lowered = _lowered_table(tuple(table.items()))
-    for candidate in (unit.code, unit.text):
-        if candidate:
-            key = unit_key(candidate)
-            if key in lowered:
-                return lowered[key]
-    return None
+    """The table's factor for a unit (its identifier, else its text when the identifier is empty). None when unknown."""
+    candidate = _identifier_or_text(unit)
+    if not candidate:
+        return None
+    return _lowered_table(tuple(table.items())).get(unit_key(candidate))
 
 
 def is_one_of(unit: Coded, aliases: list[str]) -> bool:
-    keys = _alias_keys(tuple(aliases))
-    return any(c and unit_key(c) in keys for c in (unit.code, unit.text))
+    candidate = _identifier_or_text(unit)
+    return bool(candidate) and unit_key(candidate) in _alias_keys(tuple(aliases))
 
 
 def unit_label(unit: Coded) -> str:

@@ -7,10 +7,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .drugs import is_protocol_drug
+from .admixture import admixture_view
+from .drugs import is_protocol_drug, premedication_for
 from .findings import Finding, error, info
 from .history import Cancellation, HistoryEntry
-from .model import Location, Order, OrderSet
+from .model import Location, Observation, Order, OrderSet
 from .observations import usable_observations
 from .protocol import Protocol, ProtocolSet
 from .rules import DOSE_RULES
@@ -18,7 +19,6 @@ from .rules.base import DoseContext
 from .rules.eligibility import age_in_years
 from .rules.premedication import belonging_premedications
 
-NEW_ORDER_CONTROLS = ("NW", "XO", "RP", "")
 CANCEL_CONTROLS = {"CA": ("CR", "UC"), "DC": ("DR", "UD")}
 
 
@@ -70,14 +70,14 @@ def judge(
     """
     protocols = protocol if isinstance(protocol, ProtocolSet) else ProtocolSet(protocol)
     protocol = protocols.default
-    observations, message_findings = usable_observations(order_set, protocol, received_at)
+    order_set = _with_admixtures(order_set, protocols)
     verdicts = [
         OrderVerdict(
             order=o, protocol_order=any(is_protocol_drug(o.drug, p) for p in protocols.protocols), control="OK"
         )
         for o in order_set.orders
     ]
-    patient_key = order_set.patient.key
+    patient_key = order_set.course_key
     cancellations: list[Cancellation] = []
 
     # Order control codes first: cancellations and unknown codes are not judged as orders.
@@ -88,14 +88,14 @@ def judge(
             cancellation = _cancel(verdict, order_set, history, received_at)
             if cancellation is not None:
                 cancellations.append(cancellation)
-        elif control in NEW_ORDER_CONTROLS and not verdict.order.has_give:
+        elif verdict.order.is_new and not verdict.order.has_give:
             verdict.control = "UA"
             verdict.findings.append(_at(error(
                 "hl7.structure",
                 "order group has an ORC but no RXE or RXO: there is no drug order to validate",
                 verdict.order.orc_location,
             ), verdict))
-        elif control not in NEW_ORDER_CONTROLS:
+        elif not verdict.order.is_new:
             verdict.control = "UA"
             verdict.findings.append(
                 _at(error(
@@ -123,6 +123,10 @@ def judge(
         )
     ]
 
+    # The protocol of each GO order governs everything about it, its observation validity window included.
+    dose_protocols = {v.order.index: p for v in to_judge if v.protocol_order and (p := protocols.for_order(v.order))}
+    observations_by_protocol, message_findings = _usable_observations(
+        order_set, [protocol, *dose_protocols.values()], received_at)
     go_doses = sorted(
         (v for v in to_judge if v.protocol_order),
         key=lambda v: (v.order.timing.start is None, v.order.timing.start or datetime.min, v.order.index),
@@ -151,10 +155,12 @@ def judge(
             dose=order,
             protocol=dose_protocol,
             history=course + accepted_now,
-            observations=observations,
+            observations=observations_by_protocol[dose_protocol.id],
             tz=tz,
             received_at=received_at,
             age_years=age_in_years(order_set.patient.birth_date, order.timing.start, tz),
+            dose_protocols=dose_protocols,
+            known_protocols={p.id: p for p in protocols.protocols},
         )
         for rule in DOSE_RULES:
             for found in rule.check(ctx):
@@ -169,7 +175,8 @@ def judge(
     # A GO order refused before judging (unprocessed ORC-1, no RXE) is a refused GO dose too.
     refused_early = [v for v in verdicts if v.protocol_order and v.control == "UA" and v not in go_doses]
     refused_doses = {v.order.index for v in go_doses + refused_early if v.control == "UA"}
-    belongs = belonging_premedications(order_set, [v.order for v in go_doses + refused_early], protocol)
+    belongs = belonging_premedications(order_set, [v.order for v in go_doses + refused_early], protocol,
+                                       dose_protocols)
     for verdict in to_judge:
         if verdict.protocol_order:
             continue
@@ -218,6 +225,42 @@ def judge(
     )
 
 
+def _with_admixtures(order_set: OrderSet, protocols: ProtocolSet) -> OrderSet:
+    """The order set with each admixture (GO, or a premedication, as RXC components) as the drug it holds."""
+    known = protocols.protocols
+    orders: list[Order] = []
+    changed = False
+    for order in order_set.orders:
+        view = admixture_view(order, lambda drug: any(is_protocol_drug(drug, p) for p in known),
+                              protocols.default.units.mass_mg)
+        if view is None:
+            view = admixture_view(order, lambda drug: any(premedication_for(drug, p) is not None for p in known),
+                                  protocols.default.units.mass_mg)
+        orders.append(view or order)
+        changed = changed or view is not None
+    return order_set.model_copy(update={"orders": orders}) if changed else order_set
+
+
+def _usable_observations(
+    order_set: OrderSet, used: list[Protocol], received_at: datetime
+) -> tuple[dict[str, list[Observation]], list[Finding]]:
+    """The usable observations under each protocol in use, and their `go.observation_time` warnings
+    (once per observation: the first protocol's message, in the order given)."""
+    by_protocol: dict[str, list[Observation]] = {}
+    findings: list[Finding] = []
+    reported: set[str] = set()
+    for each in used:
+        if each.id in by_protocol:
+            continue
+        by_protocol[each.id], found = usable_observations(order_set, each, received_at)
+        for f in found:
+            where = f.location.err2() if f.location else ""
+            if where not in reported:
+                reported.add(where)
+                findings.append(f)
+    return by_protocol, findings
+
+
 def _selector_location(order: Order, field: str) -> Location | None:
     """Where the order named its protocol: RXE-27, ORC-4, or the order's ORC for an NTE tag."""
     if field == "RXE-27" and order.drug_location is not None:
@@ -242,7 +285,7 @@ def _placer(order: Order) -> str:
 
 def _history_entry(order: Order, order_set: OrderSet, protocol: Protocol, *, protocol_order: bool) -> HistoryEntry:
     return HistoryEntry(
-        patient_key=order_set.patient.key,
+        patient_key=order_set.course_key,
         sender=order_set.sender,
         placer_number=order.placer_number,
         placer_namespace=order.placer_namespace,
@@ -252,6 +295,7 @@ def _history_entry(order: Order, order_set: OrderSet, protocol: Protocol, *, pro
         protocol_id=protocol.id if protocol_order else "",
         start=order.timing.start,
         amount=order.amount,
+        amount_max=order.amount_max,
         amount_units=order.amount_units.code or order.amount_units.text,
         route=(order.route.code or order.route.text) if order.route else "",
         as_needed=order.timing.as_needed,
@@ -294,7 +338,7 @@ def _cancel(
             order.orc_location,
         ), verdict))
     return Cancellation(
-        patient_key=order_set.patient.key,
+        patient_key=order_set.course_key,
         sender=order_set.sender,
         placer_number=order.placer_number,
         placer_namespace=order.placer_namespace,

@@ -56,7 +56,7 @@ def bootstrap(settings: Settings | None = None, *, store: Store | None = None) -
     settings = settings or Settings()
     protocol = load_protocol_set(settings.protocol, settings.protocol_field)
     if store is None:
-        store = open_store(settings.database_url)
+        store = open_store(settings.database_url, settings)
     return Service(settings=settings, protocol=protocol, tz=settings.tz, store=store)
 
 
@@ -68,13 +68,16 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def open_store(url: str) -> Store:
-    """The service's store, created or migrated (a SQLite file and its directories made).
+def open_store(url: str, settings: Settings | None = None) -> Store:
+    """The service's store, created or migrated (a SQLite file and its directories made), with the
+    audit chain's key from the settings.
 
-    One that cannot be opened raises `StoreUnavailable` naming the URL (password hidden): a
-    start-up error, never a fallback to a store without audit log or de-duplication.
+    One that cannot be opened raises `StoreUnavailable` naming the URL (password hidden), no audit key
+    `ChainKeyError` naming RXGATE_AUDIT_KEY / RXGATE_AUDIT_KEY_FILE: start-up errors, never a fallback
+    to a store without audit log, de-duplication or a keyed chain.
     """
-    return open_sql_store(url, create=True)
+    keys = (settings or Settings()).chain_keys()  # before the database: a missing key changes nothing
+    return open_sql_store(url, create=True, keys=keys)
 
 
 # --- retry policy shared by the Celery task and the bridge -------------------------------------------------

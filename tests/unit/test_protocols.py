@@ -113,7 +113,7 @@ def test_label_accepts_dexamethasone_equivalent_seed_does_not():
     premeds = standard_premeds()[:8] + premed_order("ORD1004", "3264^dexamethasone^RXNORM", "11.6",
                                                     route="IV^Intravenous^HL70162", start="20261201094000")
     text = label_dose_message("D1", "20261201")
-    text = text.split("ORC|NW|ORD1002")[0].rstrip("\r") + "\r" + "\r".join(premeds) + "\r"
+    text = text.split("ORC|NW|ORD1001-A")[0].rstrip("\r") + "\r" + "\r".join(premeds) + "\r"
     assert run(text, protocol=load_protocol(LABEL)).ack_code == "AA"
     seed_text = adult_order_set("D2", premeds=premeds)
     assert "go.premedication" in rules_of(run(seed_text, protocol=load_protocol(SEED)).result["orders"][0])
@@ -178,10 +178,10 @@ def test_unknown_selector_field_is_a_protocol_error():
         load_protocol_set(SEED, "PID-3")
 
 
-def test_courses_are_per_protocol():
-    """A label dose does not count in the seed protocol's course (history is filtered by protocol id)."""
+def test_courses_span_protocols():
+    """A label dose counts in the patient's course: a seed dose 4 days later is refused (docs/protocol.md, "Course")."""
     store = InMemoryStore()
     run(with_indication(label_dose_message("C1", "20261201"), "GO-LABEL-3MG"), store, protocol=both())
     seed = run(go_dose_message("C2", "20261205", placer="S2", premed_placers=("a", "b", "c")), store, protocol=both())
-    assert "go.schedule" not in rules_of(seed.result["orders"][0])
+    assert "go.schedule" in rules_of(seed.result["orders"][0])
     _ = UTC

@@ -33,6 +33,11 @@ class DoseContext:
     received_at: datetime
     age_years: int | None = None
     computed: dict[str, Any] = field(default_factory=dict)
+    # The protocol of every GO order of the message, by order index (an order's protocol decides
+    # which premeds belong to it); orders missing here are judged under `protocol`.
+    dose_protocols: dict[int, Protocol] = field(default_factory=dict)
+    # Every protocol the service knows, by id (a course follows its day-1 dose's protocol).
+    known_protocols: dict[str, Protocol] = field(default_factory=dict)
 
     @property
     def start(self) -> datetime | None:

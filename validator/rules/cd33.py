@@ -96,7 +96,8 @@ def check(ctx: DoseContext) -> list[Finding]:
         and not any(text_mentions(o.code.text, word) for word in params.exclude_text_contains)
     ]
     choice = recent_result(candidates, ctx.start, exact_duration(params.max_age_days, SECONDS_PER_DAY),
-                           what="CD33", limit=limit, tz=ctx.tz, in_days=True)
+                           what="CD33", limit=limit, tz=ctx.tz, in_days=True,
+                             start_latest=ctx.dose.timing.start_latest)
     if choice.observation is None:
         where = choice.location or ctx.dose.drug_location
         return [finding(RULE_ID, params.severity,

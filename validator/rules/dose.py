@@ -188,14 +188,15 @@ def _unit_kind(ctx: DoseContext, units: Coded) -> tuple[bool, Decimal | None]:
 
     `mg^mg/m2` is mg: a text must not turn a mass dose into a per-m² one (or the reverse).
     """
-    for candidate in (units.code, units.text):
-        if candidate.strip():
-            one = Coded(code=candidate)
-            if is_one_of(one, ctx.protocol.units.per_m2_dose):
-                return True, None
-            mass = factor(one, ctx.protocol.units.mass_mg)
-            if mass is not None:
-                return False, mass
+    # Only the identifier counts when there is one: `mg/kg^mg` is an unknown unit, never mg.
+    candidate = units.code if units.code.strip() else units.text
+    if candidate.strip():
+        one = Coded(code=candidate)
+        if is_one_of(one, ctx.protocol.units.per_m2_dose):
+            return True, None
+        mass = factor(one, ctx.protocol.units.mass_mg)
+        if mass is not None:
+            return False, mass
     return False, None
 
 

@@ -3,12 +3,13 @@
 A planned date is the value (DT/TS in OBX-5) of an OBX recognised by
 `hsct.match`, or the start of an order (in this message, or accepted in the
 course history) whose code or text matches it. The last GO dose is this dose,
-or a later accepted GO dose in the course history. A date fewer than the
-minimum calendar days after it (days in the service's time zone: an HSCT date
-is usually a date without a time) gives a finding of severity `hsct.severity`
+or a later accepted GO dose in the course history. A planned time less than the
+minimum (an exact duration) after that dose's start gives a finding of severity `hsct.severity`
 (warning in the seed: "wait at least 2 months"). A planned date before this GO
 dose is reported the same way. A date before the message time is a past
-transplant, not a planned one: `info`. No HSCT record: no finding.
+transplant, not a planned one: `info`. No HSCT record: no finding. An HSCT date
+is usually a date without a time: it is judged at its start (00:00 in the
+service's time zone), the reading nearest the last dose.
 
 Flagged (conditioning planned 2027-01-15, 45 days after the 2026-12-01 dose)::
 
@@ -30,11 +31,9 @@ from ..model import Location
 from ..observations import matches
 from ..protocol import DrugMatch
 from .base import DoseContext, Rule
-from .labs import num, when
+from .labs import SECONDS_PER_DAY, duration_text, exact_duration, num, when
 
 RULE_ID = "go.hsct"
-
-NEW_ORDER_CONTROLS = ("NW", "XO", "RP", "")
 
 
 def _records(ctx: DoseContext) -> tuple[list[tuple[str, datetime, Location | None]], list[Finding]]:
@@ -55,7 +54,7 @@ def _records(ctx: DoseContext) -> tuple[list[tuple[str, datetime, Location | Non
     as_drug = DrugMatch(local_codes=match.codes, text_contains=match.text_contains)
     for order in ctx.message_orders:
         if (order.index == ctx.dose.index or order.timing.start is None
-                or order.control.strip().upper() not in NEW_ORDER_CONTROLS
+                or not order.is_new
                 or is_protocol_drug(order.drug, ctx.protocol)
                 or not drug_matches(order.drug, as_drug, ctx.protocol)):
             continue
@@ -77,8 +76,9 @@ def check(ctx: DoseContext) -> list[Finding]:
         return findings
     # The last GO dose: this one, or a later accepted dose of the course history.
     later = [h for h in ctx.history if h.protocol_order and h.start is not None and h.start > ctx.start]
-    last_start = max([ctx.start] + [h.start for h in later if h.start is not None])
-    last_label = "this GO dose" if last_start == ctx.start else "the last accepted GO dose"
+    this_start = ctx.dose.timing.start_latest or ctx.start  # the reading nearest a later HSCT date
+    last_start = max([this_start] + [h.start for h in later if h.start is not None])
+    last_label = "this GO dose" if last_start == this_start else "the last accepted GO dose"
     last_day: date = last_start.astimezone(ctx.tz).date()
     this_day: date = ctx.start.astimezone(ctx.tz).date()
     today = (ctx.order_set.message_time or ctx.received_at).astimezone(ctx.tz).date()
@@ -94,16 +94,18 @@ def check(ctx: DoseContext) -> list[Finding]:
                                  "transplant, not a planned one", where))
             continue
         days_after = (planned_day - last_day).days
+        gap = planned - last_start
         ctx.computed["hsct_planned_date"] = planned_day.isoformat()
         if planned_day < this_day:
             findings.append(finding(RULE_ID, params.severity,
                                     f"{what} plans HSCT/conditioning on {planned_day}, before this GO dose "
                                     f"({when(ctx.start, ctx.tz)}); the protocol asks for at least {minimum} days "
                                     "after the last GO dose", where, days_after_last_dose=days_after))
-        elif days_after < params.min_days_after_last_dose:
+        elif gap < exact_duration(params.min_days_after_last_dose, SECONDS_PER_DAY):
             findings.append(finding(RULE_ID, params.severity,
-                                    f"{what} plans HSCT/conditioning on {planned_day}, {days_after} days after "
-                                    f"{last_label} ({last_day}); the protocol asks for at least {minimum} days",
+                                    f"{what} plans HSCT/conditioning on {planned_day}, "
+                                    f"{duration_text(gap, in_days=True)} after the start of {last_label} "
+                                    f"({when(last_start, ctx.tz)}); the protocol asks for at least {minimum} days",
                                     where, days_after_last_dose=days_after))
     return findings
 

@@ -8,7 +8,9 @@ Every available source of the duration is computed and judged (bounds inclusive)
 - a rate RXE-23 in `infusion.rate_units` (mL/h) with a known volume: the RXC
   component amounts in `infusion.volume_units` (mL), else the give amount when
   RXE-5 is mL; minutes = volume / rate × 60. A rate in other units, or without a
-  known volume, is not a source (an `info` says so).
+  known volume, is not a source (an `info` says so). In an admixture (GO as RXC
+  components of a base solution) RXE-3 in mL is the bag's volume and gives a
+  second rate source beside the RXC volumes.
 
 Two sources more than `infusion.max_source_disagreement_minutes` apart are an
 error (the order is ambiguous even when each is inside the tolerance); an order
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from ..findings import Finding, finding, info
+from ..hl7time import gap_bounds, seconds_of
 from ..model import Location
 from ..units import factor, is_one_of, unit_label
 from .base import DoseContext, Rule
@@ -45,6 +48,9 @@ class Source:
     label: str  # how the message names it, with its HL7 fields
     minutes: Decimal
     location: Location | None
+
+
+_seconds = seconds_of
 
 
 def _plain(value: Decimal) -> str:
@@ -109,8 +115,12 @@ def sources(ctx: DoseContext) -> tuple[list[Source], list[Finding]]:
             ))
 
     if timing.start is not None and timing.end is not None:
-        delta = timing.end - timing.start
-        seconds = Decimal(delta.days * 86400 + delta.seconds) + Decimal(delta.microseconds) / Decimal(10**6)
+        # Exact instants; a skipped, repeated or coarse time gives a shortest and a longest reading,
+        # and the one further from the protocol's duration is judged (the less favourable to accepting).
+        shortest, longest = gap_bounds(timing.start, timing.end, earlier_latest=timing.start_latest,
+                                       later_latest=timing.end_latest)
+        delta = max((shortest, longest), key=lambda d: abs(_seconds(d) / SECONDS_PER_MINUTE - params.minutes))
+        seconds = _seconds(delta)
         start_where = timing.start_location or _default_location(7)
         end_where = timing.end_location or _default_location(8)
         if start_where.short() == end_where.short():  # v2.3/2.4: both in one TQ field (ORC-7, RXE-1)
@@ -161,6 +171,14 @@ def sources(ctx: DoseContext) -> tuple[list[Source], list[Finding]]:
                     "rate", f"{volume_text} at {rate_text} ({rate_where.short()})",
                     volume / order.rate_amount * MINUTES_PER_HOUR, rate_where,
                 ))
+                bag = order.give_volume
+                if order.admixture and bag is not None and volumes and is_one_of(bag.unit, params.volume_units):
+                    # An admixture's RXE-3 is the bag's volume: its own rate source, which must agree too.
+                    found.append(Source(
+                        "rate_give_volume", f"give amount {_plain(bag.value)} {unit_label(bag.unit)} (RXE-3) at "
+                        f"{rate_text} ({rate_where.short()})", bag.value / order.rate_amount * MINUTES_PER_HOUR,
+                        rate_where,
+                    ))
     return found, findings
 
 

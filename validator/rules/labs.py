@@ -87,8 +87,13 @@ def recent_result(
     limit: str,
     tz: tzinfo,
     in_days: bool,
+    start_latest: datetime | None = None,
 ) -> LabChoice:
-    """The most recent dated candidate at or before `start`, if it is no older than `max_age`."""
+    """The most recent dated candidate at or before `start`, if it is no older than `max_age`.
+
+    The age is exact, from the earliest instant the result's OBX-14 may name to the latest the
+    GO start may name (a coarse or ambiguous time is judged at its older reading).
+    """
     if not candidates:
         return LabChoice(None, f"no {what} result in the message", had_candidates=False)
     chosen = latest_at(candidates, start, undated_counts=False)
@@ -114,7 +119,7 @@ def recent_result(
             time_location(undated[0]),
         )
     assert chosen.observed_at is not None
-    age = start - chosen.observed_at
+    age = (start_latest or start) - chosen.observed_at
     if age > max_age:
         return LabChoice(
             None,

@@ -80,7 +80,8 @@ def _judge(ctx: DoseContext, test: LiverTest, start: datetime) -> Finding | None
     window = exact_duration(params.max_age_hours, SECONDS_PER_HOUR)
 
     def recent(candidates: list[Observation]) -> LabChoice:
-        return recent_result(candidates, start, window, what=test.name, limit=limit, tz=ctx.tz, in_days=False)
+        return recent_result(candidates, start, window, what=test.name, limit=limit, tz=ctx.tz, in_days=False,
+                             start_latest=ctx.dose.timing.start_latest)
 
     coded, by_text = _candidates(ctx.observations, test)
     choice = first_usable(recent(coded), recent(by_text))
@@ -112,7 +113,7 @@ def _judge_result(ctx: DoseContext, test: LiverTest, obs: Observation) -> Findin
         return info(RULE_ID, f"{test.name} {obs.raw_value} {unit} (observed {dated}) has no upper limit of normal "
                     f"in its reference range (OBX-7 {obs.reference_range!r}): it cannot be checked against "
                     f"{num(test.max_uln_multiple)} × ULN", obs.location.model_copy(update={"field": 7}))
-    value, comparator = obs.quantity.value, obs.quantity.comparator.strip()
+    value, comparator = obs.quantity.high, obs.quantity.comparator.strip()  # a range: its upper end
     maximum = test.max_uln_multiple * uln
     key = "liver_" + re.sub(r"\W+", "_", test.name.lower()).strip("_")
     ctx.computed[key] = {"value": str(value), "comparator": comparator, "uln": str(uln), "max": str(maximum),

@@ -58,7 +58,6 @@ from .labs import (
 
 RULE_ID = "go.wbc"
 
-NEW_ORDER_CONTROLS = ("NW", "XO", "RP", "")  # cancellations (CA/DC) are not evidence of cytoreduction
 UNIT = "× 10⁹/L"
 
 
@@ -105,24 +104,29 @@ def _severity_key(obs: Observation, table: dict[str, Decimal]) -> tuple[int, Dec
     if comparator not in ("", "=", "<", "<=", ">", ">="):
         return (3, Decimal(0))
     if comparator in (">", ">="):
-        return (2, obs.quantity.value * unit_factor)
-    return (1, obs.quantity.value * unit_factor)
+        return (2, obs.quantity.high * unit_factor)
+    return (1, obs.quantity.high * unit_factor)
 
 
 def _cytoreduction(ctx: DoseContext, start: datetime) -> tuple[list[str], list[str]]:
-    """(evidence, near misses): hydroxyurea / leukapheresis starting in [start − N days, start)."""
+    """(evidence, near misses): hydroxyurea / leukapheresis starting in [start − N days, start).
+
+    Exact instants; it counts only when every reading of both times fits (a coarse or
+    ambiguous time is judged at its reading outside the window).
+    """
     params = ctx.protocol.wbc.cytoreduction
-    earliest = start - exact_duration(params.within_days_before, SECONDS_PER_DAY)
+    start_latest = ctx.dose.timing.start_latest or start
+    earliest = start_latest - exact_duration(params.within_days_before, SECONDS_PER_DAY)
     procedure = DrugMatch(local_codes=params.procedure.codes, text_contains=params.procedure.text_contains)
     evidence: list[str] = []
     misses: list[str] = []
 
-    def consider(kind: str, label: str, at: datetime | None) -> None:
+    def consider(kind: str, label: str, at: datetime | None, at_latest: datetime | None = None) -> None:
         if at is None:
             misses.append(f"{kind} {label} has no {'observation time (OBX-14)' if 'record' in kind else 'start time'}")
-        elif earliest <= at < start:
+        elif earliest <= at and (at_latest or at) < start:
             evidence.append(f"{kind} {label} starting {when(at, ctx.tz)}")
-        elif at >= start:
+        elif (at_latest or at) >= start:
             misses.append(f"{kind} {label} starts {when(at, ctx.tz)}, not before the GO start")
         else:
             misses.append(f"{kind} {label} started {when(at, ctx.tz)}, more than "
@@ -139,8 +143,9 @@ def _cytoreduction(ctx: DoseContext, start: datetime) -> tuple[list[str], list[s
 
     for order in ctx.message_orders:
         kind = kind_of(order.drug)
-        if kind and order.index != ctx.dose.index and order.control.strip().upper() in NEW_ORDER_CONTROLS:
-            consider(kind, f"{order.placer_number or order.drug_label()} (this message)", order.timing.start)
+        if kind and order.index != ctx.dose.index and order.is_new:
+            consider(kind, f"{order.placer_number or order.drug_label()} (this message)", order.timing.start,
+                     order.timing.start_latest)
     for entry in ctx.history:
         kind = "" if entry.protocol_order else kind_of(entry.drug)
         if kind:
@@ -148,7 +153,7 @@ def _cytoreduction(ctx: DoseContext, start: datetime) -> tuple[list[str], list[s
                      entry.start)
     for obs in ctx.observations:
         if matches(obs, params.procedure):
-            consider("leukapheresis record", repr(obs.code.label()), obs.observed_at)
+            consider("leukapheresis record", repr(obs.code.label()), obs.observed_at, obs.observed_latest)
     return evidence, misses
 
 
@@ -163,7 +168,8 @@ def check(ctx: DoseContext) -> list[Finding]:
     start = ctx.start
 
     def recent(candidates: list[Observation]) -> LabChoice:
-        return recent_result(candidates, start, window, what="WBC", limit=limit, tz=ctx.tz, in_days=False)
+        return recent_result(candidates, start, window, what="WBC", limit=limit, tz=ctx.tz, in_days=False,
+                             start_latest=ctx.dose.timing.start_latest)
 
     # The most recent blood WBC counts (the safe reading of "LOINC first": a newer text-matched count
     # is not hidden behind an older coded one); coded results win only at equal times.
@@ -201,8 +207,11 @@ def check(ctx: DoseContext) -> list[Finding]:
                                 obs.location))
         return findings
     comparator = obs.quantity.comparator.strip()
-    wbc = obs.quantity.value * unit_factor
-    seen = f"WBC {comparator}{num(obs.quantity.value)} {unit_label(obs.units)}"
+    # A range is read at its upper end (a count that may be >= the threshold needs cytoreduction).
+    wbc = obs.quantity.high * unit_factor
+    seen = f"WBC {comparator}{num(obs.quantity.high)} {unit_label(obs.units)}"
+    if obs.quantity.upper is not None:
+        seen = f"WBC {num(obs.quantity.value)}-{num(obs.quantity.upper)} {unit_label(obs.units)} (upper end read)"
     if unit_factor != 1:
         seen += f" = {comparator}{num(wbc)} {UNIT}"
     seen += f" (observed {dated})"

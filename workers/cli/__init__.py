@@ -6,6 +6,8 @@
     serve, worker, bridge, submit, health   the running service (workers/cli/service.py)
     mllp       the MLLP listener (workers/cli/mllp.py)
     users      add | list | revoke the HTTP API's credentials (workers/cli/users.py)
+    deadletter list | resend | drop the dead letters (workers/cli/deadletter.py)
+    replay     judge recorded messages again, print what would change (workers/cli/replay.py)
 
 `python -m workers.cli` is the same as `rxgate`. The list of command modules is static: a module
 that cannot be imported is an error at start-up that names it, never a missing subcommand.
@@ -17,12 +19,12 @@ import argparse
 import logging
 import sys
 
-from workers.cli import audit, check, mllp, protocol, service, users
+from workers.cli import audit, check, deadletter, mllp, protocol, service, users
 from workers.cli.usage import Parser, UsageError
 
 __all__ = ["COMMAND_GROUPS", "UsageError", "build_parser", "main"]
 
-COMMAND_GROUPS = (check, audit, protocol, service, mllp, users)
+COMMAND_GROUPS = (check, audit, protocol, service, mllp, users, deadletter)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,10 +3,12 @@
     rxgate audit [--db URL] [--patient ID] [--since DATE] [--until DATE] [--outcome AA|AE|AR]
                  [--rule RULE] [--control-id ID] [--format table|json|csv] [--limit N]
     rxgate audit verify [--db URL] [--anchor SEQ:HASH]   exit 0 intact, 1 broken (names the first bad seq)
-    rxgate audit head [--db URL]                          the latest sequence number and hash, to anchor
+    rxgate audit verify --file FILE [--anchor SEQ:HASH]  the same for an archive, on its own (no database)
+    rxgate audit head [--db URL]                          SEQ:HASH of the latest record, as --anchor takes it
     rxgate audit access [--db URL] [--user NAME] [--since DATE] [--format table|json|csv]
                                                           who read patient data (the chained access log);
                                                           exit 1 when its chain is broken
+    rxgate audit archive --before DATE --out FILE [--db URL]   the chain up to DATE as JSON Lines (retention)
 
 A query that prints patient data is itself a read: it leaves an access-log row naming the OS user
 (`cli:NAME`). CSV cells that would start a formula (= + - @, a tab or a carriage return) are
@@ -45,8 +47,8 @@ def register(sub) -> None:
         description="Query the audit log (filters combine with AND), `audit verify` to check its hash chain, "
                     "`audit head` to print the latest sequence number and hash for anchoring elsewhere.",
     )
-    p.add_argument("action", nargs="?", choices=("verify", "head", "access"),
-                   help="verify the chain, print its head, or list the access log")
+    p.add_argument("action", nargs="?", choices=("verify", "head", "access", "archive"),
+                   help="verify the chain, print its head, list the access log, or archive its first records")
     p.add_argument("--user", help="access: reads by this user only")
     p.add_argument("--db", help="database URL (else RXGATE_DATABASE_URL, else ./var/rxgate.db)")
     p.add_argument("--patient", help="patient identifier (PID-3), or ID^authority")
@@ -58,6 +60,9 @@ def register(sub) -> None:
     p.add_argument("--format", default="table", help="table (default), json (JSON Lines) or csv")
     p.add_argument("--limit", type=int, help="at most N messages")
     p.add_argument("--anchor", metavar="SEQ:HASH", help="verify: also check record SEQ still has HASH")
+    p.add_argument("--file", metavar="FILE", help="verify: an archive written by `audit archive` (no database)")
+    p.add_argument("--before", metavar="DATE", help="archive: the records received before DATE (YYYY-MM-DD)")
+    p.add_argument("--out", metavar="FILE", help="archive: the JSON Lines file to write (not overwritten)")
     p.set_defaults(func=cmd_audit)
 
 
@@ -94,7 +99,11 @@ def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return cmd_access(args, settings, out)
     if args.user:
         raise UsageError("--user applies to `audit access` only")
-    if args.action in ("verify", "head"):
+    if args.action != "verify" and args.file:
+        raise UsageError("--file applies to `audit verify` only")
+    if args.action != "archive" and (args.before or args.out):
+        raise UsageError("--before/--out apply to `audit archive` only")
+    if args.action in ("verify", "head", "archive"):
         used = [f"--{k.replace('_', '-')}" for k, v in filters.items() if v] + (
             ["--format"] if args.format != "table" else [])
         if used:
@@ -102,6 +111,12 @@ def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.anchor and args.action != "verify":
         raise UsageError("--anchor applies to `audit verify` only")
     anchor = _parse_anchor(args.anchor) if args.anchor else None
+    if args.action == "verify" and args.file:
+        if args.db:
+            raise UsageError("audit verify: --file or --db, not both")
+        return _verify_file(args.file, anchor, out)
+    if args.action == "archive":
+        return _archive(args, settings, out)
     if args.action is None:
         if args.format not in ("table", "json", "csv"):
             raise UsageError(f"--format must be table, json or csv (got {args.format!r})")
@@ -118,10 +133,15 @@ def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
             if head is None:
                 out.write("audit log is empty (no head yet)\n")
             else:
-                out.write(f"{head[0]} {head[1]}\n")
+                out.write(f"{head[0]}:{head[1]}\n")  # SEQ:HASH, exactly what `verify --anchor` takes
             return 0
         if args.action == "verify":
-            result = verify_chain(store, anchor=anchor)
+            from workers.store.chain import ChainKeyError
+
+            try:
+                result = verify_chain(store, anchor=anchor)
+            except ChainKeyError as exc:
+                raise UsageError(f"audit verify: {exc}") from None
             out.write(result.describe() + "\n")
             if result.intact and anchor is None and result.checked:
                 out.write("note: removal of the newest records is only detectable against an anchor: keep the "
@@ -212,6 +232,54 @@ def safe_cell(value) -> str:
     """A CSV cell no spreadsheet runs as a formula: one starting with = + - @ tab or CR gets a leading `'`."""
     text = "" if value is None else str(value)
     return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def _verify_file(path: str, anchor: tuple[int, str] | None, out: TextIO) -> int:
+    from workers.store.archive import ArchiveError, verify_archive
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            result = verify_archive(f, anchor=anchor)
+    except OSError as exc:
+        raise UsageError(f"--file: cannot read {path}: {exc.strerror}") from None
+    except (ArchiveError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--file: {path}: {exc}") from None
+    out.write(("archive " + result.describe().removeprefix("audit ")) + "\n")
+    return 0 if result.intact else 1
+
+
+def _archive(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from pathlib import Path
+
+    from workers.store import FilterError
+    from workers.store.archive import write_archive
+    from workers.store.audit import parse_date
+
+    if not args.before or not args.out:
+        raise UsageError("audit archive needs --before DATE and --out FILE")
+    try:
+        before = parse_date(args.before, "--before")
+    except FilterError as exc:
+        raise UsageError(str(exc)) from None
+    target = Path(args.out)
+    if target.exists():
+        raise UsageError(f"--out: {target} exists (an archive is never overwritten)")
+    store = _open(args, settings)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with open(partial, "x", encoding="utf-8") as f:
+            count, last_hash = write_archive(store, before, settings.tz, f)
+        partial.rename(target)  # complete or absent: a half-written archive never has the final name
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise UsageError(f"--out: cannot write {target}: {exc.strerror}") from None
+    finally:
+        store.dispose()
+    if count:
+        out.write(f"archived {count} records (seq 1..{count}) to {target}; last {count}:{last_hash}\n")
+    else:
+        out.write(f"no record received before {before}: {target} holds the header only\n")
+    return 0
 
 
 def _parse_anchor(value: str) -> tuple[int, str]:

@@ -42,17 +42,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ProtocolError as exc:
         raise UsageError(str(exc)) from None
     inputs = read_inputs(args.paths)
-    store = open_store(args.db) if args.db else memory_store()
+    store = open_store(args.db, settings) if args.db else memory_store()
     fmt = "json" if args.json else "hl7" if args.hl7 else "text"
     return run_check(inputs, store, protocol, tz, fmt, sys.stdout, settings.limits)
 
 
-def open_store(url: str) -> Store:
-    """The SQL store at URL, for --db (created when new: `check` keeps a history across runs)."""
+def open_store(url: str, settings) -> Store:
+    """The SQL store at URL, for --db (created when new: `check` keeps a history across runs), with the
+    audit key of the settings (none: exit 2 naming RXGATE_AUDIT_KEY / RXGATE_AUDIT_KEY_FILE)."""
     from workers.store import open_sql_store  # here: `check` without --db needs no SQLAlchemy
+    from workers.store.chain import ChainKeyError
 
     try:
-        return open_sql_store(url, create=True)
+        keys = settings.chain_keys()
+    except ChainKeyError as exc:
+        raise UsageError(f"--db {url}: {exc}") from None
+    try:
+        return open_sql_store(url, create=True, keys=keys)
     except Exception as exc:  # a bad URL or an unreachable database is a usage problem, said plainly
         raise UsageError(f"--db {url}: {exc}") from None
 

@@ -88,9 +88,15 @@ MESSAGE_RULES = {
                  "an info when a cancelled GO dose had already started and stays in the course history.",
     "go.protocol": "The order names a protocol code (RXGATE_PROTOCOL_FIELD) that the service does not know.",
     "hl7.order_control": "ORC-1 other than NW, XO, RP (new orders) or CA, DC (cancellations): the order is refused.",
-    "hl7.structure / hl7.message_type / hl7.trigger_event / hl7.version / hl7.control_id / hl7.size / "
-    "hl7.duplicate_control_id": "The message as a whole is rejected (AR) with a table 0357 code: 100/101/102 "
-                                "structure, 200/201/203 unsupported type/event/version, 207 otherwise.",
+    "hl7.structure / hl7.message_type / hl7.trigger_event / hl7.version / hl7.control_id / hl7.size": "The "
+        "message as a whole is rejected (AR) with a table 0357 code: 100/101/102 structure, 200/201/203 "
+        "unsupported type/event/version, 207 otherwise.",
+    "hl7.processing_id": "MSH-11 other than P (production), T (training) or D (debugging), or a processing mode "
+                         "(MSH-11.2) other than empty or T: AR, ERR-3 202. T and D messages are judged like P ones "
+                         "but keep their own message keys, order identities and course histories.",
+    "hl7.duplicate_control_id": "The message key (MSH-11, MSH-3, MSH-4, MSH-10) was already used for other content "
+                                "(after emptying MSH-7 and trailing empty fields): AR, ERR-3 205. The same content "
+                                "again gets the stored answer byte for byte.",
     "rxgate.internal_error": "An internal error while judging: AR 207, logged with the control id; never silence. "
                              "A CDS Hooks call answers it as a critical card (audited, logged with the hookInstance).",
     "rxgate.fhir": "CDS Hooks: a FHIR resource rxgate cannot use (not valid FHIR R4, another patient's, a medication "
@@ -102,7 +108,11 @@ MESSAGE_RULES = {
                       "its verdict.",
     "service.not_processed": "Not processed after its retries (or not taken by the broker): AR 207 \"not processed, "
                              "resend\", kept on the dead-letter stream, not audited and not stored under the message "
-                             "key, so a resend is processed afresh.",
+                             "key, so a resend is processed afresh. A queue entry without an hl7 field is answered "
+                             "\"cannot be processed: no hl7 field\" instead (a resend cannot help); an operator "
+                             "drops it (`rxgate deadletter drop`).",
+    "rxgate.deadletter_drop": "Audit only (info, never in ERR-5): an operator dropped a dead letter "
+                              "(`rxgate deadletter drop ID --reason TEXT`): who, why, the dead-letter id and reason.",
 }
 
 

@@ -133,6 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
     _configure_logging(settings)
     mllp_args = _mllp_args(args, settings)  # a bad TLS file or reply address: exit 2 before anything starts
+    require_audit_key(settings)
     api_tls = api_tls_args(settings) if not args.no_api else []
     settings.warn_if_default_zone()
     try:
@@ -141,7 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"rxgate serve: cannot start the embedded Redis: {exc}", file=sys.stderr)
         return 1
     try:
-        store = open_store(settings.database_url)  # creates / migrates the schema once, before the children
+        store = open_store(settings.database_url, settings)  # creates / migrates the schema once, before the children
         getattr(store, "dispose", lambda: None)()
     except Exception as exc:  # noqa: BLE001 - said plainly, no traceback
         print(f"rxgate serve: database: {exc}", file=sys.stderr)
@@ -226,10 +227,22 @@ def _hide(url: str) -> str:
 # --- worker / bridge ---------------------------------------------------------------------------------
 
 
+def require_audit_key(settings) -> None:
+    """The audit chain's key (docs/interfaces.md §4): without one, a service process stops at start-up
+    (exit 2, naming RXGATE_AUDIT_KEY / RXGATE_AUDIT_KEY_FILE) instead of failing on its first message."""
+    from workers.store.chain import ChainKeyError
+
+    try:
+        settings.chain_keys()
+    except ChainKeyError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from workers import metrics
 
     settings = _settings()
+    require_audit_key(settings)
     _configure_logging(settings)
     metrics.configure(settings)  # before the pool forks: its children count into the same directory
     from workers.queue.celery_app import QUEUE, get_app
@@ -250,6 +263,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     from workers.queue.sentinel import broker_client
 
     settings = _settings()
+    require_audit_key(settings)
     _configure_logging(settings)
     metrics.configure(settings)
     stop = threading.Event()

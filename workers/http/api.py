@@ -128,7 +128,12 @@ def head(store: StoreDep):
 
 @audit.get("/verify", response_model=VerifyOut)
 def verify(store: StoreDep):
-    r = verify_chain(store)
+    from workers.store.chain import ChainKeyError
+
+    try:
+        r = verify_chain(store)
+    except ChainKeyError as exc:  # the API was started without the audit key: it cannot say "intact"
+        raise HTTPException(503, f"cannot verify the audit chain: {exc}") from None
     return {"intact": r.intact, "checked": r.checked, "first_bad_seq": r.first_bad_seq,
             "reason": r.describe(), "head_seq": r.head_seq, "head_hash": r.head_hash}
 

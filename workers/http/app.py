@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from workers.health import health_status
-from workers.http import api, hl7, pages
+from workers.http import api, hl7, operators, pages
 from workers.http.access_log import install_access_log_filter
 from workers.http.auth import AccessControl, FailureLimiter
 from workers.http.cds import MAX_BODY_BYTES as CDS_MAX_BODY_BYTES
@@ -89,7 +89,7 @@ def create_app(store_url: str | None = None, token_sha256: str | None = None, *,
                store: SqlStore | None = None, service_health: Callable[[], dict] | None = None,
                cds: CdsConfig | None = None, hl7_judge: hl7.Hl7Judge | None = None,
                hl7_settings: Settings | None = None, clock: Callable[[], float] = time.time,
-               limiter: FailureLimiter | None = None) -> FastAPI:
+               limiter: FailureLimiter | None = None, dead_letters: Callable[[], object] | None = None) -> FastAPI:
     """The audit app over the database at `store_url` (or an open `store`).
 
     `service_health`: when given (by `rxgate serve`), /health reports the broker and the database.
@@ -102,6 +102,8 @@ def create_app(store_url: str | None = None, token_sha256: str | None = None, *,
     value is the settings' error, not a silent UTC).
     `cds`: the CDS Hooks routes' configuration (default: from the RXGATE_* settings, so a bad
     RXGATE_CDS_ISSUERS is a start-up error naming it).
+    `dead_letters`: gives the dead-letter stream (`workers.queue.deadletters.DeadLetters`) for the
+    operators' routes; None: those routes answer 503.
     """
     if tz is None:
         tz = Settings().tz
@@ -120,6 +122,7 @@ def create_app(store_url: str | None = None, token_sha256: str | None = None, *,
     app.state.service_health = service_health
     app.state.hl7_judge = hl7_judge
     app.state.hl7_settings = hl7_settings
+    app.state.dead_letters = dead_letters
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
@@ -129,6 +132,7 @@ def create_app(store_url: str | None = None, token_sha256: str | None = None, *,
     app.include_router(api.router)
     app.include_router(hl7.router)
     app.include_router(pages.router)
+    app.include_router(operators.router)
     app.include_router(cds_router(store, cds if cds is not None else CdsConfig.from_settings(Settings())))
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")  # the CSS: open, no data
     # imported here, not at the top: importing workers.metrics chooses the multiprocess directory
@@ -149,4 +153,11 @@ def settings_app() -> FastAPI:
     metrics.configure(settings)  # /metrics sums the counters of every process of the service
     judge = Verdicts.connect(settings, resolve_broker_url(settings))
     return create_app(settings.database_url, settings.audit_token_sha256, tz=settings.tz,
-                      service_health=lambda: health_status(settings), hl7_judge=judge, hl7_settings=settings)
+                      service_health=lambda: health_status(settings), hl7_judge=judge, hl7_settings=settings,
+                      dead_letters=lambda: _dead_letters(settings))
+
+
+def _dead_letters(settings: Settings):
+    from workers.cli.deadletter import dead_letters
+
+    return dead_letters(settings)

@@ -6,12 +6,16 @@
 Delivery: the consumer group `rxgate` (created at `0` with MKSTREAM, so a backlog
 sent before the first start is read) hands each entry to one consumer. An entry
 is processed (the store commits the audit record, history and message key),
-then its response is published and the entry acknowledged and deleted in ONE
-MULTI/EXEC, batched for all entries of a read. A consumer killed between the
-two leaves the entry pending; another consumer (or itself after a restart)
-takes it over with XAUTOCLAIM once it has been idle `claim_idle` seconds, the
-store recognises the message key and returns the stored response byte for byte:
-one response per delivery, each dose counted once.
+then its response is published and the entry acknowledged and deleted by one
+Lua script (`ANSWER_IF_OURS`, all of a read's entries in one MULTI/EXEC) that
+does so only while this consumer still owns the entry in the group's pending
+list: a consumer paused (SIGSTOP, a long GC, a stalled disk) past `claim_idle`
+whose entry another consumer took over and answered publishes nothing when it
+wakes. A consumer killed between the two leaves the entry pending; another
+consumer (or itself after a restart) takes it over with XAUTOCLAIM once it has
+been idle `claim_idle` seconds, the store recognises the message key and returns
+the stored response byte for byte: one response per delivery, each dose counted
+once.
 
 Failures: a transient fault (database or broker down) is retried with
 exponential backoff for `retry_budget` seconds (>= 5 minutes in production),
@@ -53,6 +57,52 @@ from workers.settings import Settings
 log = logging.getLogger("rxgate.bridge")
 
 NOT_PROCESSED_RULE = "service.not_processed"
+NO_HL7_MESSAGE = "cannot be processed: no hl7 field"
+
+# KEYS: inbound, outbound, deadletter. ARGV: group, consumer, entry id, outbound maxlen, then the
+# dead-letter entry (n field/value pairs, n = 0: none), then the responses (count, each n + pairs).
+# Publishes and acknowledges only while the entry is pending for this consumer; returns 1, else 0.
+ANSWER_IF_OURS = """
+local unpack = unpack or table.unpack
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
+local i = 5
+local function xadd(prefix)
+  local n = tonumber(ARGV[i]); i = i + 1
+  if n == 0 then return end
+  local args = {}
+  for _, v in ipairs(prefix) do args[#args + 1] = v end
+  for _ = 1, 2 * n do args[#args + 1] = ARGV[i]; i = i + 1 end
+  redis.call(unpack(args))
+end
+xadd({'XADD', KEYS[3], '*'})
+local responses = tonumber(ARGV[i]); i = i + 1
+for _ = 1, responses do xadd({'XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*'}) end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+return 1
+"""
+
+# KEYS: inbound. ARGV: group, consumer, idle ms, entry ids. XCLAIMs (setting the idle time) only the
+# entries still pending for this consumer, never one another consumer has taken over meanwhile.
+TOUCH_IF_OURS = """
+local ours = {}
+for i = 4, #ARGV do
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #pending > 0 and pending[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
+    ours[#ours + 1] = ARGV[i]
+  end
+end
+return ours
+"""
+
+
+def _pairs(fields: dict[str, Any]) -> list[Any]:
+    out: list[Any] = [len(fields)]
+    for k, v in fields.items():
+        out += [k, v if isinstance(v, bytes | str) else str(v)]
+    return out
 
 
 @dataclass(frozen=True)
@@ -73,8 +123,10 @@ def safe_reason(exc: BaseException) -> str:
     return f"{type(exc).__module__}.{type(exc).__qualname__}" + (" (transient)" if is_transient(exc) else "")
 
 
-def not_processed_result(text: str, reason: str, tz) -> dict[str, Any]:
-    """The AR with ERR 207 "not processed, resend", answered without an audit record (docs/interfaces.md §3)."""
+def not_processed_result(text: str, reason: str, tz, message: str | None = None) -> dict[str, Any]:
+    """The AR with ERR 207 "not processed, resend", answered without an audit record (docs/interfaces.md §3).
+
+    `message`: another text, for an entry a resend cannot help ("cannot be processed: no hl7 field")."""
     header = None
     try:
         split = split_messages(text)
@@ -82,7 +134,7 @@ def not_processed_result(text: str, reason: str, tz) -> dict[str, Any]:
             header = read_header(split.messages[0], tz)
     except Exception:  # the header is a courtesy: without it the ACK has an empty MSA-2
         header = None
-    message = "not processed, resend"
+    message = message or "not processed, resend"
     response = build_rejection(header, NOT_PROCESSED_RULE, "207", message, None, datetime.now(tz))
     return {
         "control_id": (header.control_id or None) if header else None,
@@ -134,9 +186,13 @@ class _Batch:
     """The answers of processed entries, committed in one MULTI/EXEC."""
 
     ops: list[tuple[str, list[dict[str, Any]], dict[str, Any] | None]] = field(default_factory=list)
+    extra: dict[str, dict[str, str]] = field(default_factory=dict)  # entry id -> more outbound fields (replay_of)
 
-    def add(self, entry_id: str, responses: list[dict[str, Any]], deadletter: dict[str, Any] | None = None):
+    def add(self, entry_id: str, responses: list[dict[str, Any]], deadletter: dict[str, Any] | None = None,
+            extra: dict[str, str] | None = None):
         self.ops.append((entry_id, responses, deadletter))
+        if extra:
+            self.extra[entry_id] = extra
 
 
 class Bridge:
@@ -159,6 +215,9 @@ class Bridge:
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
         self.handled = 0
+        self.taken_over = 0  # answers not given because another consumer owned the entry by then
+        self._answer = client.register_script(ANSWER_IF_OURS)
+        self._touch_script = client.register_script(TOUCH_IF_OURS)
 
     # --- the loop ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -269,7 +328,7 @@ class Bridge:
                 opened = self.clock()
                 for entry_id, fields in entries:
                     hl7 = fields.get(b"hl7", fields.get("hl7"))
-                    if hl7 is None or self.stop.is_set():
+                    if hl7 is None or self.stop.is_set() or b"replay_of" in fields or "replay_of" in fields:
                         break
                     text = decode(hl7) if isinstance(hl7, bytes) else str(hl7)
                     started = time.perf_counter()
@@ -296,22 +355,34 @@ class Bridge:
         if "hl7" not in fields:
             reason = "entry has no hl7 field (fields: " + ",".join(sorted(fields)[:10]) + ")"
             log.warning("bridge: entry %s dead-lettered: %s", entry_id, reason)
-            result = not_processed_result("", reason, self.service.tz)
+            # a resend of the same entry cannot help: the answer says so (docs/interfaces.md §5 "Operators")
+            result = not_processed_result("", reason, self.service.tz, message=NO_HL7_MESSAGE)
             batch.add(entry_id, [result], self._deadletter_fields(entry_id, fields, reason, 1))
             return
         text = decode(fields["hl7"]) if isinstance(fields["hl7"], bytes) else str(fields["hl7"])
+        replay_of = _s(fields["replay_of"]) if "replay_of" in fields else None
+        # a resent dead letter is judged at the time its original entry was received
+        received_id = _s(fields["received_id"]) if replay_of and "received_id" in fields else entry_id
         try:
-            outcomes = self._process(entry_id, text, batch, remaining)
+            outcomes = self._process(entry_id, text, batch, remaining, received_id)
         except _GiveUp as exc:
             log.error("bridge: entry %s not processed after %d attempts (%s): dead-lettered, AR sent",
                       entry_id, exc.attempts, exc.safe)
             result = not_processed_result(text, exc.reason, self.service.tz)
             batch.add(entry_id, [result], self._deadletter_fields(entry_id, fields, exc.reason, exc.attempts))
             return
-        batch.add(entry_id, [o.result for o in outcomes])
+        if replay_of is None:
+            batch.add(entry_id, [o.result for o in outcomes])
+        elif all(o.redelivered for o in outcomes):
+            # resent dead letter whose message key was stored meanwhile (the sender resent it): the sender
+            # has that answer already, so nothing is published (docs/interfaces.md §5 "Operators")
+            log.info("bridge: resent dead letter %s was answered already: removed, nothing published", replay_of)
+            batch.add(entry_id, [])
+        else:
+            batch.add(entry_id, [o.result for o in outcomes], extra={"replay_of": replay_of})
 
-    def _process(self, entry_id: str, text: str, batch: _Batch, remaining: list[str]):
-        received_at = entry_time(entry_id, self.service.tz)
+    def _process(self, entry_id: str, text: str, batch: _Batch, remaining: list[str], received_id: str | None = None):
+        received_at = entry_time(received_id or entry_id, self.service.tz)
         delays = backoff_delays(self.settings)
         attempts = errors = 0
         while True:
@@ -347,25 +418,36 @@ class Bridge:
 
     # --- Redis writes -------------------------------------------------------------------------------
     def commit(self, batch: _Batch) -> None:
-        """Responses out, entries acked and deleted: one MULTI/EXEC for the whole batch."""
+        """Responses out, entries acked and deleted, each only while this consumer still owns it
+        (`ANSWER_IF_OURS`): one MULTI/EXEC for the whole batch."""
         if not batch.ops:
             return
         pipe = self.client.pipeline(transaction=True)
+        keys = [self.streams.inbound, self.streams.outbound, self.streams.deadletter]
         for entry_id, responses, deadletter in batch.ops:
-            if deadletter is not None:
-                pipe.xadd(self.streams.deadletter, deadletter)  # never trimmed
+            args: list[Any] = [self.streams.group, self.consumer, entry_id, self.settings.outbound_maxlen]
+            args += _pairs(deadletter) if deadletter is not None else [0]  # the dead-letter stream: never trimmed
+            args.append(len(responses))
             for result in responses:
-                pipe.xadd(self.streams.outbound, outbound_fields(result, entry_id),
-                          maxlen=self.settings.outbound_maxlen, approximate=True)
-            pipe.xack(self.streams.inbound, self.streams.group, entry_id)
-            pipe.xdel(self.streams.inbound, entry_id)
-        pipe.execute()
-        self.handled += len(batch.ops)
+                args += _pairs(outbound_fields(result, entry_id) | batch.extra.get(entry_id, {}))
+            self._answer(keys=keys, args=args, client=pipe)
+        done = pipe.execute()
+        for (entry_id, _, _), answered in zip(batch.ops, done, strict=True):
+            if answered:
+                self.handled += 1
+            else:
+                self.taken_over += 1
+                log.warning("bridge: entry %s was taken over by another consumer meanwhile: its answer is theirs, "
+                            "none sent here", entry_id)
+        batch.extra.clear()
 
-    def _touch(self, ids: list[str]) -> None:
-        """Reset the idle time of entries we still hold, so no other consumer takes them over meanwhile."""
-        if ids:
-            self.client.xclaim(self.streams.inbound, self.streams.group, self.consumer, 0, ids, justid=True)
+    def _touch(self, ids: list[str], idle_ms: int = 0) -> list[str]:
+        """Reset the idle time of entries we still hold, so no other consumer takes them over meanwhile
+        (`idle_ms` > 0: mark them idle instead, for the next consumer). Returns the ids still ours."""
+        if not ids:
+            return []
+        ours = self._touch_script(keys=[self.streams.inbound], args=[self.streams.group, self.consumer, idle_ms, *ids])
+        return [_s(i) for i in ours or []]
 
     def _release_unfinished(self) -> None:
         """At shutdown: entries read but not answered stay pending, marked idle so the next consumer takes them now."""
@@ -373,9 +455,8 @@ class Bridge:
         if not ids:
             return
         try:
-            self.client.xclaim(self.streams.inbound, self.streams.group, self.consumer, 0, ids,
-                               idle=int(self.settings.claim_idle * 1000), justid=True)
-            log.info("bridge: %d unfinished entries left pending for another consumer", len(ids))
+            ours = self._touch(ids, idle_ms=int(self.settings.claim_idle * 1000))
+            log.info("bridge: %d unfinished entries left pending for another consumer", len(ours))
         except redis.RedisError:
             pass
 

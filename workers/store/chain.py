@@ -1,15 +1,29 @@
 """The tamper-evident audit chain: what each record's hash covers, and its verification (docs/interfaces.md §4).
 
-The hash of record N is SHA-256 over the canonical JSON (sorted keys, no spaces, UTF-8) of
+The hash of record N is HMAC-SHA256, with the audit key (`ChainKey`, configured outside the database:
+RXGATE_AUDIT_KEY or RXGATE_AUDIT_KEY_FILE), over the canonical JSON (sorted keys, no spaces, UTF-8) of
 `{"content": <record content>, "prev_hash": <hash of N-1>, "seq": N}`; record 1 links to
-`GENESIS_HASH` (64 zeros). The content is rebuilt from the rows (`record_content`), by the writer
-from the rows it is about to insert and by `verify_chain` from the rows read back, so an UPDATE of
-any audited column, a deleted or an inserted row breaks the chain at that record.
+`GENESIS_HASH` (64 zeros). The chain row names the key by `key_id` (an HMAC of a fixed text, which
+reveals nothing of the key), so a rotated key keeps verifying the records it signed. Records written
+before the chain was keyed (`key_id` NULL) were hashed with plain SHA-256 and carry the older content
+(without the message key, course history and cancellations); they are accepted only as the chain's
+oldest part, never after a keyed record.
+
+The content is rebuilt from the rows (`record_content`), by the writer from the rows it is about to
+insert and by `verify_chain` from the rows read back, so an UPDATE of any audited column, a deleted or
+an inserted row breaks the chain at that record. A keyed record's content also holds its
+`message_keys` row, the `course_history` rows it added and the `cancellations` it applied, and
+verification checks every history row's `cancelled_by` against the chained cancellations: an edited
+stored answer, a deleted or revived dose breaks the chain too.
+
+`chain_hash`, `canonical_json`, `ChainKey` / `ChainKeys` and `link_problem` are table-neutral: another
+append-only table (an access log, an archive file) chains its own content the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -21,12 +35,66 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from workers.store.errors import database_errors
-from workers.store.schema import ChainRow, FindingRow, MessageRow, ResponseRow, VerdictRow, decode_raw
+from workers.store.schema import (
+    CancellationRow,
+    ChainRow,
+    FindingRow,
+    HistoryRow,
+    MessageKeyRow,
+    MessageRow,
+    ResponseRow,
+    VerdictRow,
+    decode_raw,
+)
 
 if TYPE_CHECKING:
     from workers.store.sqlstore import SqlStore
 
 GENESIS_HASH = "0" * 64
+KEY_ID_LEN = 16  # hex characters of a key id
+MIN_KEY_CHARS = 32  # an audit key is at least this long (e.g. `python -c "import secrets; print(secrets.token_hex(32))"`)
+CONTENT_VERSION = 2  # keyed records: the content holds the message key, history and cancellations too
+
+
+class ChainKeyError(ValueError):
+    """No usable audit key where one is needed: a start-up error naming the setting (exit 2 in the CLI)."""
+
+
+@dataclass(frozen=True)
+class ChainKey:
+    """One HMAC key of the chain; `key_id` names it in the chain rows without revealing it."""
+
+    secret: bytes = field(repr=False)
+
+    @property
+    def key_id(self) -> str:
+        return hmac.new(self.secret, b"rxgate audit key id", hashlib.sha256).hexdigest()[:KEY_ID_LEN]
+
+
+@dataclass(frozen=True)
+class ChainKeys:
+    """The configured keys, oldest first: the last signs new records, all verify (key rotation)."""
+
+    keys: tuple[ChainKey, ...]
+
+    @classmethod
+    def parse(cls, text: str, source: str) -> ChainKeys:
+        """Whitespace-separated keys (lines of a key file; `#` starts a comment line), each at least
+        MIN_KEY_CHARS characters; `source` names the setting or file in the error."""
+        tokens = [t for line in text.splitlines() if not line.lstrip().startswith("#") for t in line.split()]
+        if not tokens:
+            raise ChainKeyError(f"{source} holds no audit key")
+        short = [i + 1 for i, t in enumerate(tokens) if len(t) < MIN_KEY_CHARS]
+        if short:
+            raise ChainKeyError(f"{source}: audit key {short[0]} is shorter than {MIN_KEY_CHARS} characters")
+        return cls(tuple(ChainKey(t.encode("utf-8")) for t in tokens))
+
+    @property
+    def current(self) -> ChainKey:
+        return self.keys[-1]
+
+    def find(self, key_id: str | None) -> ChainKey | None:
+        return next((k for k in self.keys if k.key_id == key_id), None)
 
 
 def json_default(value: Any) -> Any:
@@ -47,9 +115,24 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=json_default)
 
 
-def chain_hash(content: dict[str, Any], seq: int, prev_hash: str) -> str:
-    payload = canonical_json({"content": content, "prev_hash": prev_hash, "seq": seq})
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+def chain_hash(content: dict[str, Any], seq: int, prev_hash: str, key: ChainKey | None = None) -> str:
+    """HMAC-SHA256 with `key` (plain SHA-256 without one: records from before the chain was keyed)."""
+    payload = canonical_json({"content": content, "prev_hash": prev_hash, "seq": seq}).encode("utf-8")
+    if key is None:
+        return hashlib.sha256(payload).hexdigest()
+    return hmac.new(key.secret, payload, hashlib.sha256).hexdigest()
+
+
+def link_problem(seq: int, prev_hash: str, stored_hash: str, key_id: str | None, content: dict[str, Any],
+                 keys: ChainKeys) -> str | None:
+    """Why a keyed chain row does not verify (None: it does): an unknown key, or a hash that differs."""
+    key = keys.find(key_id)
+    if key is None:
+        return "it is not signed with a configured audit key (forged, or signed with a key since removed)"
+    if not hmac.compare_digest(chain_hash(content, seq, prev_hash, key), stored_hash):
+        return ("its content was altered (message, verdict, findings, response, message key, course "
+                "history or cancellations differ from what was recorded)")
+    return None
 
 
 def _utc_iso(value: datetime | None) -> str | None:
@@ -61,13 +144,54 @@ def _utc_iso(value: datetime | None) -> str | None:
 
 
 def record_content(
-    message: MessageRow, verdict: VerdictRow | None, response: ResponseRow | None, findings: list[FindingRow]
+    message: MessageRow, verdict: VerdictRow | None, response: ResponseRow | None, findings: list[FindingRow],
+    *, keyed: bool = False, message_key: MessageKeyRow | None = None, history: list[HistoryRow] = (),
+    cancellations: list[CancellationRow] = (),
 ) -> dict[str, Any]:
     """What the chain hashes for one record: every audited column of its rows.
 
     Verification calls this on rows read back from the database, the writer on the rows it is
-    about to insert, so both see the same values.
+    about to insert, so both see the same values. `keyed` (every record written since the chain is
+    keyed): the content also holds the delivery id, the record's message key row, the course history
+    rows it added (without `cancelled_by`, which a later record sets) and its cancellations.
     """
+    content = _base_content(message, verdict, response, findings)
+    if keyed:
+        content["v"] = CONTENT_VERSION
+        content["message"]["delivery_id"] = message.delivery_id
+        content["message_key"] = None if message_key is None else {
+            "sending_application": message_key.sending_application,
+            "sending_facility": message_key.sending_facility,
+            "control_id": message_key.control_id,
+            "content_sha256": message_key.content_sha256,
+            "message_id": message_key.message_id,
+            "result": message_key.result,
+        }
+        content["history"] = sorted((history_content(h) for h in history), key=canonical_json)
+        content["cancellations"] = sorted((cancellation_content(c) for c in cancellations), key=canonical_json)
+    return content
+
+
+def history_content(h: HistoryRow) -> dict[str, Any]:
+    return {
+        "patient_key": h.patient_key, "sender": h.sender, "placer_number": h.placer_number,
+        "placer_namespace": h.placer_namespace, "control_id": h.control_id, "drug_code": h.drug_code,
+        "drug_text": h.drug_text, "protocol_order": bool(h.protocol_order), "start": _utc_iso(h.start),
+        "entry": h.entry, "message_id": h.message_id,
+    }
+
+
+def cancellation_content(c: CancellationRow) -> dict[str, Any]:
+    return {
+        "patient_key": c.patient_key, "sender": c.sender, "placer_number": c.placer_number,
+        "placer_namespace": c.placer_namespace, "control": c.control, "leaves_history": bool(c.leaves_history),
+        "requested_at": _utc_iso(c.requested_at), "message_id": c.message_id,
+    }
+
+
+def _base_content(
+    message: MessageRow, verdict: VerdictRow | None, response: ResponseRow | None, findings: list[FindingRow]
+) -> dict[str, Any]:
     return {
         "message": {
             "id": message.id,
@@ -142,24 +266,33 @@ class _Broken(Exception):
 
 @dataclass
 class _Walk:
-    """Where verification is: the next expected sequence number and the hash it must link to."""
+    """Where verification is: the next expected sequence number and the hash it must link to, and what
+    the keyed records imply for the course history (checked once the chain is walked)."""
 
+    keys: ChainKeys
     expected: int = 1
     prev_hash: str = GENESIS_HASH
     checked: int = 0
+    keyed_from: int | None = None  # the first keyed record; plain ones may only come before it
+    # (patient key, sender, placer number, namespace) -> [(seq, requested at)] of keyed cancellations
+    cancels: dict[tuple, list[tuple[int, str | None]]] = field(default_factory=lambda: defaultdict(list))
+    removed: dict[int, int] = field(default_factory=dict)  # keyed record -> history rows its cancellations removed
 
 
 @database_errors
-def verify_chain(store: SqlStore, anchor: tuple[int, str] | None = None, batch: int = 500) -> Verification:
+def verify_chain(store: SqlStore, anchor: tuple[int, str] | None = None, batch: int = 500,
+                 keys: ChainKeys | None = None) -> Verification:
     """Recompute every record's hash from its rows and the previous hash; stop at the first bad one.
 
     Detected: an edited audited column (content hash differs), a removed record (sequence gap or a
     previous-hash link that no longer matches), an inserted record (a link or hash that does not match,
-    or a message row without a chain entry). Cutting off the newest records leaves a valid shorter chain:
-    only a comparison with an anchor recorded elsewhere (`rxgate audit head`) reveals it; pass it as
-    `anchor=(seq, hash)`.
+    a hash not made with a configured key, or a message row without a chain entry), a message key, a
+    course history row or a cancellation edited, removed, added, revived or cancelled. Cutting off the
+    newest records leaves a valid shorter chain: only a comparison with an anchor recorded elsewhere
+    (`rxgate audit head`) reveals it; pass it as `anchor=(seq, hash)`. `keys`: else the store's
+    (RXGATE_AUDIT_KEY / RXGATE_AUDIT_KEY_FILE; `ChainKeyError` without one).
     """
-    walk = _Walk()
+    walk = _Walk(keys or store.chain_keys())
     try:
         with store.read_session() as s:
             _walk_chain(s, walk, batch)
@@ -168,6 +301,7 @@ def verify_chain(store: SqlStore, anchor: tuple[int, str] | None = None, batch: 
             ).scalar_one_or_none()
             if orphan is not None:
                 raise _Broken(orphan, "a message row without a chain entry was inserted")
+            _check_cancelled(s, walk, batch)
             head_seq = walk.expected - 1 if walk.checked else None
             if anchor is not None:
                 _check_anchor(s, anchor, head_seq)
@@ -175,6 +309,13 @@ def verify_chain(store: SqlStore, anchor: tuple[int, str] | None = None, batch: 
         return Verification(False, checked=walk.checked, first_bad_seq=broken.seq, reason=broken.reason)
     return Verification(True, checked=walk.checked, head_seq=head_seq,
                         head_hash=walk.prev_hash if walk.checked else None)
+
+
+def _by_message(s: Session, row_type, lo: int, hi: int) -> dict[int, list]:
+    rows: dict[int, list] = defaultdict(list)
+    for r in s.execute(select(row_type).where(row_type.message_id >= lo, row_type.message_id <= hi)).scalars():
+        rows[r.message_id].append(r)
+    return rows
 
 
 def _walk_chain(s: Session, walk: _Walk, batch: int) -> None:
@@ -193,17 +334,17 @@ def _walk_chain(s: Session, walk: _Walk, batch: int) -> None:
             select(VerdictRow).where(VerdictRow.message_id >= lo, VerdictRow.message_id <= hi)).scalars()}
         responses = {r.message_id: r for r in s.execute(
             select(ResponseRow).where(ResponseRow.message_id >= lo, ResponseRow.message_id <= hi)).scalars()}
-        findings: dict[int, list[FindingRow]] = defaultdict(list)
-        for f in s.execute(select(FindingRow).where(FindingRow.message_id >= lo, FindingRow.message_id <= hi)):
-            findings[f[0].message_id].append(f[0])
+        parts = {name: _by_message(s, row_type, lo, hi) for name, row_type in
+                 (("findings", FindingRow), ("keys", MessageKeyRow), ("history", HistoryRow),
+                  ("cancellations", CancellationRow))}
         for row in chain:
             _check_record(walk, row, messages.get(row.seq), verdicts.get(row.seq), responses.get(row.seq),
-                          findings[row.seq])
+                          {name: rows.get(row.seq, []) for name, rows in parts.items()})
         last_seq = hi
 
 
 def _check_record(walk: _Walk, row: ChainRow, message: MessageRow | None, verdict: VerdictRow | None,
-                  response: ResponseRow | None, findings: list[FindingRow]) -> None:
+                  response: ResponseRow | None, parts: dict[str, list]) -> None:
     if row.seq != walk.expected:
         raise _Broken(walk.expected, f"record {walk.expected} is missing (the next record is {row.seq})")
     if row.prev_hash != walk.prev_hash:
@@ -211,13 +352,77 @@ def _check_record(walk: _Walk, row: ChainRow, message: MessageRow | None, verdic
                                "(a record before it was removed, inserted or rewritten)")
     if message is None:
         raise _Broken(row.seq, "its message row was removed")
-    content = record_content(message, verdict, response, findings)
-    if chain_hash(content, row.seq, walk.prev_hash) != row.hash:
-        raise _Broken(row.seq, "its content was altered (message, verdict, findings or "
-                               "response differ from what was recorded)")
+    if row.key_id is None:
+        _check_plain_record(walk, row, record_content(message, verdict, response, parts["findings"]))
+    else:
+        _check_keyed_record(walk, row, message, verdict, response, parts)
     walk.prev_hash = row.hash
     walk.expected += 1
     walk.checked += 1
+
+
+def _check_plain_record(walk: _Walk, row: ChainRow, content: dict[str, Any]) -> None:
+    """A record from before the chain was keyed: plain SHA-256, and only before every keyed record."""
+    if walk.keyed_from is not None:
+        raise _Broken(row.seq, "it is not signed with the audit key but follows signed records "
+                               "(inserted with a recomputed plain hash)")
+    if chain_hash(content, row.seq, walk.prev_hash) != row.hash:
+        raise _Broken(row.seq, "its content was altered (message, verdict, findings or "
+                               "response differ from what was recorded)")
+
+
+def _check_keyed_record(walk: _Walk, row: ChainRow, message: MessageRow, verdict: VerdictRow | None,
+                        response: ResponseRow | None, parts: dict[str, list]) -> None:
+    if walk.keyed_from is None:
+        walk.keyed_from = row.seq
+    keys = parts["keys"]
+    if len(keys) > 1:
+        raise _Broken(row.seq, "it has more than one message key row (one was inserted)")
+    content = record_content(message, verdict, response, parts["findings"], keyed=True,
+                             message_key=keys[0] if keys else None, history=parts["history"],
+                             cancellations=parts["cancellations"])
+    problem = link_problem(row.seq, walk.prev_hash, row.hash, row.key_id, content, walk.keys)
+    if problem:
+        raise _Broken(row.seq, problem)
+    for c in parts["cancellations"]:
+        if c.leaves_history:
+            walk.cancels[_identity(c)].append((row.seq, _utc_iso(c.requested_at)))
+    walk.removed[row.seq] = sum(c.entries_removed or 0 for c in parts["cancellations"])
+
+
+def _identity(row: HistoryRow | CancellationRow) -> tuple:
+    """What a cancellation matches a history row by (as the writer does: workers/store/sqlstore.py)."""
+    return (row.patient_key, row.sender, row.placer_number, row.placer_namespace or "")
+
+
+def _check_cancelled(s: Session, walk: _Walk, batch: int) -> None:
+    """Every course history row is cancelled exactly as the keyed records' cancellations imply: by the
+    first later record cancelling its order, at that request's time, and by no other. (A row cancelled by
+    a record from before the chain was keyed cannot be checked and is taken as it is.)"""
+    if walk.keyed_from is None:
+        return
+    removed_by: dict[int, int] = defaultdict(int)
+    last_id = 0
+    while True:
+        rows = list(s.execute(select(HistoryRow).where(HistoryRow.id > last_id).order_by(HistoryRow.id)
+                              .limit(batch)).scalars())
+        if not rows:
+            break
+        for h in rows:
+            if h.cancelled_by is not None:
+                removed_by[h.cancelled_by] += 1
+            if h.cancelled_by is not None and h.cancelled_by < walk.keyed_from:
+                continue
+            later = [c for c in walk.cancels.get(_identity(h), []) if c[0] > h.message_id]
+            expected = later[0] if later else (None, None)
+            if (h.cancelled_by, _utc_iso(h.cancelled_at)) != expected:
+                raise _Broken(expected[0] or h.cancelled_by or h.message_id,
+                              "a course history row's cancellation differs from what the chained cancellations "
+                              "imply (a dose was revived, cancelled or re-dated)")
+        last_id = rows[-1].id
+    for seq, count in walk.removed.items():
+        if removed_by.get(seq, 0) != count:
+            raise _Broken(seq, "the course history rows its cancellations removed differ from the recorded count")
 
 
 def _check_anchor(s: Session, anchor: tuple[int, str], head_seq: int | None) -> None:

@@ -15,14 +15,15 @@ from typing import Any
 
 from validator.er7 import normalise
 from validator.history import ProcessedMessage
-from workers.store.chain import canonical_json, chain_hash, json_default, record_content
+from workers.store.chain import ChainKey, canonical_json, chain_hash, json_default, record_content
 from workers.store.schema import clean_text, encode_raw
 
 
 class RecordRows:
-    """The rows of audit record number `seq` (column values), its chain row linked to `prev_hash`."""
+    """The rows of audit record number `seq` (column values), its chain row linked to `prev_hash` and
+    signed with `key`."""
 
-    def __init__(self, seq: int, prev_hash: str, processed: ProcessedMessage) -> None:
+    def __init__(self, seq: int, prev_hash: str, processed: ProcessedMessage, key: ChainKey) -> None:
         self.seq = seq
         self.processed = processed
         result = json.loads(canonical_json(processed.result))
@@ -37,13 +38,18 @@ class RecordRows:
         )
         self.response = dict(message_id=seq, response=clean_text(processed.response))
         self.findings = finding_rows(seq, result)
-        # the writer hashes exactly what the rows will read back (verification rebuilds it from them)
-        content = record_content(SimpleNamespace(**self.message), SimpleNamespace(**self.verdict),
-                                 SimpleNamespace(**self.response), [SimpleNamespace(id=None, **f) for f in self.findings])
-        self.hash = chain_hash(content, seq, prev_hash)
-        self.chain = dict(seq=seq, prev_hash=prev_hash, hash=self.hash)
         self.key = message_key_row(seq, processed)
         self.history = history_rows(seq, processed)
+        self.cancellations = cancellation_rows(seq, processed)
+        # the writer hashes exactly what the rows will read back (verification rebuilds it from them)
+        content = record_content(
+            SimpleNamespace(**self.message), SimpleNamespace(**self.verdict), SimpleNamespace(**self.response),
+            [SimpleNamespace(id=None, **f) for f in self.findings], keyed=True,
+            message_key=SimpleNamespace(**self.key) if self.key else None,
+            history=[SimpleNamespace(**h) for h in self.history],
+            cancellations=[SimpleNamespace(**c) for c in self.cancellations])
+        self.hash = chain_hash(content, seq, prev_hash, key)
+        self.chain = dict(seq=seq, prev_hash=prev_hash, hash=self.hash, key_id=key.key_id)
 
 
 def message_row(seq: int, processed: ProcessedMessage, result: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +69,7 @@ def message_row(seq: int, processed: ProcessedMessage, result: dict[str, Any]) -
         patient_key=clean_text(processed.patient_key) or "",
         content_sha256=key.content_sha256 if key else _sha256_normalised(processed.raw_message),
         raw_message=encode_raw(processed.raw_message),
+        delivery_id=clean_text(processed.delivery_id),
     )
 
 
@@ -72,6 +79,7 @@ def message_key_row(seq: int, processed: ProcessedMessage) -> dict[str, Any] | N
     if key is None:
         return None
     return dict(
+        processing_id=clean_text(key.processing_id),
         sending_application=clean_text(key.sending_application),
         sending_facility=clean_text(key.sending_facility),
         control_id=clean_text(key.control_id),
@@ -101,6 +109,23 @@ def history_rows(seq: int, processed: ProcessedMessage) -> list[dict[str, Any]]:
             cancelled_at=None,
         )
         for entry in processed.new_orders
+    ]
+
+
+def cancellation_rows(seq: int, processed: ProcessedMessage) -> list[dict[str, Any]]:
+    """The `cancellations` rows this message applies (`entries_removed` is counted when applied)."""
+    return [
+        dict(
+            message_id=seq,
+            patient_key=clean_text(cancel.patient_key),
+            sender=clean_text(cancel.sender),
+            placer_number=clean_text(cancel.placer_number),
+            placer_namespace=clean_text(cancel.placer_namespace) or "",
+            control=clean_text(cancel.control),
+            leaves_history=cancel.leaves_history,
+            requested_at=_as_utc(cancel.requested_at),
+        )
+        for cancel in processed.cancellations
     ]
 
 

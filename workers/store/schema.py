@@ -3,15 +3,17 @@
 One audit record = one row of `audit_chain` + `messages` + `verdicts` + `responses` + its
 `findings`, all with the same id = the record's sequence number:
 
-- `audit_chain`  seq (gapless, 1, 2, 3...), prev_hash, hash: the hash chain (workers/store/chain.py).
+- `audit_chain`  seq (gapless, 1, 2, 3...), prev_hash, hash, key_id: the keyed hash chain
+                 (workers/store/chain.py; key_id NULL: a record from before the chain was keyed).
 - `messages`     id = seq; received/answered times (UTC), sender, MSH-3, MSH-4, control id,
-                 message type, patient id / key, SHA-256 of the normalised message, raw text.
+                 message type, patient id / key, SHA-256 of the normalised message, raw text,
+                 delivery id (the stream entry, Celery task, ...: one record per delivery).
 - `verdicts`     message_id; ack code, protocol id + version hash, computed values (JSON),
                  the full JSON result (docs/interfaces.md §1).
 - `findings`     message_id, position; order index / placer number, rule, severity, location, message.
 - `responses`    message_id; the HL7 response (ER7) sent.
 - `message_keys` (MSH-3, MSH-4, MSH-10) unique, content SHA-256, the stored answer (docs/interfaces.md §3).
-- `deliveries`   one row per delivery of a keyed message (the first included).
+- `deliveries`   one row per delivery of a keyed message (the first included), with its delivery id.
 - `course_history` every accepted order (drug, start, placer number, sender), `cancelled_by`
                  set (never deleted) when a cancellation removes it from the course.
 - `cancellations` every CA/DC request applied, with `leaves_history`.
@@ -40,6 +42,8 @@ MESSAGE_TYPE_LEN = 100  # MSH-9 as sent, e.g. OMP^O09^OMP_O09
 PROTOCOL_LEN = 200  # protocol id, protocol version hash
 FIELD_LEN = 500  # one HL7 field as sent: control id, MSH-3, MSH-4, placer number, drug code, PID-3 id
 COMPOSITE_LEN = 1000  # values built from several fields: patient key ID^authority, sender, drug text
+KEY_ID_LEN = 16  # the audit key's id in a chain row (workers/store/chain.py; migration 0004_reliability)
+DELIVERY_ID_LEN = 200  # "stream:<entry id>", "celery:<task id>", ... (migration 0004_reliability)
 
 
 class UTCDateTime(TypeDecorator):
@@ -86,10 +90,12 @@ class ChainRow(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     prev_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
     hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), unique=True)
+    key_id: Mapped[str | None] = mapped_column(String(KEY_ID_LEN), nullable=True)
 
 
 class MessageRow(Base):
     __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("delivery_id", name="uq_messages_delivery_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
@@ -103,6 +109,7 @@ class MessageRow(Base):
     patient_key: Mapped[str] = mapped_column(String(COMPOSITE_LEN), default="", index=True)
     content_sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
     raw_message: Mapped[bytes] = mapped_column(LargeBinary)
+    delivery_id: Mapped[str | None] = mapped_column(String(DELIVERY_ID_LEN), nullable=True)
 
 
 class VerdictRow(Base):
@@ -141,10 +148,12 @@ class ResponseRow(Base):
 class MessageKeyRow(Base):
     __tablename__ = "message_keys"
     __table_args__ = (
-        UniqueConstraint("sending_application", "sending_facility", "control_id", name="uq_message_keys_sender_control"),
+        UniqueConstraint("processing_id", "sending_application", "sending_facility", "control_id",
+                         name="uq_message_keys_processing_sender_control"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    processing_id: Mapped[str] = mapped_column(String(FIELD_LEN), default="P", server_default="P")  # MSH-11.1 (0002)
     sending_application: Mapped[str] = mapped_column(String(FIELD_LEN))
     sending_facility: Mapped[str] = mapped_column(String(FIELD_LEN))
     control_id: Mapped[str] = mapped_column(String(FIELD_LEN))
@@ -155,10 +164,12 @@ class MessageKeyRow(Base):
 
 class DeliveryRow(Base):
     __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("delivery_id", name="uq_deliveries_delivery_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     message_key_id: Mapped[int] = mapped_column(ForeignKey("message_keys.id"), index=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivery_id: Mapped[str | None] = mapped_column(String(DELIVERY_ID_LEN), nullable=True)
 
 
 class HistoryRow(Base):

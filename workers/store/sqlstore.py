@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from validator.history import HistoryEntry, KeyTaken, MessageKey, ProcessedMessage, StoredAnswer
-from workers.store.chain import GENESIS_HASH
+from workers.store.chain import GENESIS_HASH, ChainKeys
 from workers.store.engine import open_engine
 from workers.store.errors import HistoryChanged, database_errors
 from workers.store.records import RecordRows
@@ -47,8 +47,9 @@ CHAIN_LOCK_KEY = 0x72786761  # 'rxga': pg_advisory_xact_lock key serialising aud
 
 
 def _key_matches(key: MessageKey) -> tuple:
-    """WHERE clauses selecting the message_keys row of (MSH-3, MSH-4, MSH-10)."""
+    """WHERE clauses selecting the message_keys row of (MSH-11, MSH-3, MSH-4, MSH-10)."""
     return (
+        MessageKeyRow.processing_id == clean_text(key.processing_id),
         MessageKeyRow.sending_application == clean_text(key.sending_application),
         MessageKeyRow.sending_facility == clean_text(key.sending_facility),
         MessageKeyRow.control_id == clean_text(key.control_id),
@@ -58,8 +59,9 @@ def _key_matches(key: MessageKey) -> tuple:
 class SqlStore:
     """`validator.history.Store` on SQL, plus read access for the auditors' queries."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, keys: ChainKeys | None = None) -> None:
         self.engine = engine
+        self._keys = keys  # None: from the settings when first needed (chain_keys)
         self.safe_url = engine.url.render_as_string(hide_password=True)  # for error texts
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._read_engine = engine.execution_options(rxgate_read_only=True)
@@ -70,6 +72,15 @@ class SqlStore:
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
+
+    def chain_keys(self) -> ChainKeys:
+        """The audit chain's keys: as given, else RXGATE_AUDIT_KEY / RXGATE_AUDIT_KEY_FILE; none
+        configured raises `ChainKeyError` naming them (nothing is written without the key)."""
+        if self._keys is None:
+            from workers.settings import Settings
+
+            self._keys = Settings().chain_keys()
+        return self._keys
 
     def read_session(self) -> Session:
         """A session for queries (on SQLite a deferred transaction that does not block writers)."""
@@ -176,6 +187,7 @@ class SqlStore:
         """
         if not batch and not deliveries:
             return
+        key = self.chain_keys().current if batch else None
         snapshots = self._snapshots()
         # the history each message was judged on (patients read by this thread; a message that is
         # not judged against a history, e.g. an AR, has none to re-check)
@@ -183,7 +195,7 @@ class SqlStore:
                 if p.patient_key and p.patient_key in snapshots}
         try:
             with self._sessions.begin() as s:
-                self._write(s, batch, deliveries, seen)
+                self._write(s, batch, deliveries, seen, key)
         except IntegrityError as exc:
             conflict = exc
         else:
@@ -199,7 +211,7 @@ class SqlStore:
         raise conflict
 
     def _write(self, s: Session, batch: list[ProcessedMessage], deliveries: list[tuple[MessageKey, datetime]],
-               seen: dict[str, tuple[int, ...]]) -> None:
+               seen: dict[str, tuple[int, ...]], key) -> None:
         if batch:
             self._lock_chain(s)
         if self._changed_patients(s, seen):
@@ -211,7 +223,7 @@ class SqlStore:
         records = []
         for processed in batch:
             seq += 1
-            record = RecordRows(seq, prev_hash, processed)
+            record = RecordRows(seq, prev_hash, processed, key)
             prev_hash = record.hash
             records.append(record)
         if records:
@@ -246,9 +258,9 @@ class SqlStore:
             ).scalars().all()
             s.execute(insert(DeliveryRow), [{"message_key_id": key_id, "received_at": r.message["received_at"]}
                                             for key_id, r in zip(ids, keyed, strict=True)])
-        if any(r.processed.cancellations for r in records):
+        if any(r.cancellations for r in records):
             for r in records:
-                self._apply_cancellations(s, r.seq, r.processed)
+                self._apply_cancellations(s, r.cancellations)
                 if r.history:
                     s.execute(insert(HistoryRow), r.history)
         else:
@@ -268,36 +280,25 @@ class SqlStore:
         return (0, GENESIS_HASH) if head is None else (head.seq, head.hash)
 
     @staticmethod
-    def _apply_cancellations(s: Session, seq: int, processed: ProcessedMessage) -> None:
-        for cancel in processed.cancellations:
+    def _apply_cancellations(s: Session, cancellations: list[dict]) -> None:
+        """Each cancellation (the rows the record chains) marks the matching active history rows."""
+        for cancel in cancellations:
             removed = 0
-            if cancel.leaves_history:
+            if cancel["leaves_history"]:
                 rows = s.execute(
                     select(HistoryRow).where(
-                        HistoryRow.patient_key == clean_text(cancel.patient_key),
-                        HistoryRow.sender == clean_text(cancel.sender),
-                        HistoryRow.placer_number == clean_text(cancel.placer_number),
-                        HistoryRow.placer_namespace == (clean_text(cancel.placer_namespace) or ""),
+                        HistoryRow.patient_key == cancel["patient_key"],
+                        HistoryRow.sender == cancel["sender"],
+                        HistoryRow.placer_number == cancel["placer_number"],
+                        HistoryRow.placer_namespace == cancel["placer_namespace"],
                         HistoryRow.cancelled_by.is_(None),
                     )
                 ).scalars().all()
                 for row in rows:
-                    row.cancelled_by = seq
-                    row.cancelled_at = cancel.requested_at
+                    row.cancelled_by = cancel["message_id"]
+                    row.cancelled_at = cancel["requested_at"]
                 removed = len(rows)
-            s.add(
-                CancellationRow(
-                    message_id=seq,
-                    patient_key=clean_text(cancel.patient_key),
-                    sender=clean_text(cancel.sender),
-                    placer_number=clean_text(cancel.placer_number),
-                    placer_namespace=clean_text(cancel.placer_namespace) or "",
-                    control=clean_text(cancel.control),
-                    leaves_history=cancel.leaves_history,
-                    requested_at=cancel.requested_at,
-                    entries_removed=removed,
-                )
-            )
+            s.add(CancellationRow(**cancel, entries_removed=removed))
         s.flush()
 
     @database_errors
@@ -312,12 +313,14 @@ class SqlStore:
             return s.execute(select(func.count()).select_from(ChainRow)).scalar_one()
 
 
-def open_sql_store(url: str, *, create: bool) -> SqlStore:
+def open_sql_store(url: str, *, create: bool, keys: ChainKeys | None = None) -> SqlStore:
     """The store at URL.
 
     `create=True` (the service, `rxgate check --db`): a SQLite file and its directories are made and
     the schema is created or migrated to the latest version. `create=False` (`rxgate audit`, the
     HTTP API): nothing is created or changed; no rxgate audit log at URL raises `StoreMissing`.
     An unreachable database raises `StoreUnavailable` naming the URL (password hidden) and the reason.
+    `keys`: the audit chain's keys (writing and verifying need them); None: from the settings when
+    first needed.
     """
-    return SqlStore(open_engine(url, create=create))
+    return SqlStore(open_engine(url, create=create), keys)

@@ -51,21 +51,23 @@ def test_no_hsct_record_gives_no_finding():
     assert judgement.orders[0].control == "OK"
 
 
-def test_hsct_exactly_60_days_after_is_silent():
-    assert hsct_findings(judge_hsct(hsct_obx("20270130"))) == []
+def test_hsct_date_is_judged_from_its_midnight_as_an_exact_duration():
+    # 2027-01-30 is 60 calendar days after 2026-12-01, but its 00:00 is 59 days 14 h after the 10:00 dose
+    assert "59 days 14 h after" in the_warning(judge_hsct(hsct_obx("20270130"))).message
+    assert hsct_findings(judge_hsct(hsct_obx("20270131"))) == []
 
 
 def test_hsct_59_days_after_is_a_warning_naming_dates():
     warning = the_warning(judge_hsct(hsct_obx("20270129")))
-    assert "2027-01-29" in warning.message and "59 days" in warning.message and "2026-12-01" in warning.message
+    assert "2027-01-29" in warning.message and "58 days 14 h" in warning.message and "2026-12-01" in warning.message
     assert "at least 60 days" in warning.message
     assert warning.location.short() == "OBX-5"
 
 
-def test_hsct_timestamp_value_counts_by_calendar_day():
-    # 2027-01-30 00:30 is less than 60 × 24 h after 2026-12-01 10:00 but 60 calendar days after it.
-    assert hsct_findings(judge_hsct(hsct_obx("202701300030", value_type="TS"))) == []
-    the_warning(judge_hsct(hsct_obx("202701292330", value_type="TS")))
+def test_hsct_timestamp_value_counts_as_an_exact_duration():
+    # 2027-01-30 00:30 is 60 calendar days after 2026-12-01 10:00 but less than 60 × 24 h after it.
+    the_warning(judge_hsct(hsct_obx("202701300030", value_type="TS")))
+    assert hsct_findings(judge_hsct(hsct_obx("202701301000", value_type="TS"))) == []
 
 
 def test_text_matched_conditioning_observation_counts():
@@ -80,9 +82,9 @@ def test_hsct_order_in_the_message_counts():
     assert "ORD9100" in warning.message and "2027-01-10" in warning.message
 
 
-def test_hsct_order_60_days_after_is_silent():
+def test_hsct_order_60_days_after_to_the_minute_is_silent():
     order = premed_order("ORD9100", "HSCT^Allogeneic stem cell transplant^L", "1", units="1^each^UCUM",
-                         start="20270130080000", route="IV^Intravenous^HL70162")
+                         start="20270130100000", route="IV^Intravenous^HL70162")
     assert hsct_findings(judge_hsct(extra_orders=order)) == []
 
 
@@ -116,7 +118,7 @@ def test_later_go_dose_in_history_is_the_last_dose():
     assert hsct.check(dose_context(text)) == []  # 66 days after this dose
     found = hsct.check(dose_context(text, history=[later]))
     assert [f.severity for f in found] == ["warning"]
-    assert "53 days after the last accepted GO dose (2026-12-14)" in found[0].message
+    assert "52 days 14 h after the start of the last accepted GO dose (2026-12-14 10:00)" in found[0].message
 
 
 def test_severity_comes_from_the_protocol():
@@ -130,8 +132,8 @@ def test_severity_comes_from_the_protocol():
 def test_minimum_days_come_from_the_protocol():
     protocol = load_protocol()
     shorter = protocol.model_copy(update={"hsct": protocol.hsct.model_copy(update={"min_days_after_last_dose": Decimal(30)})})
-    assert hsct_findings(judge_hsct(hsct_obx("20261231"), protocol=shorter)) == []
-    assert len(hsct_findings(judge_hsct(hsct_obx("20261230"), protocol=shorter))) == 1
+    assert hsct_findings(judge_hsct(hsct_obx("20270101"), protocol=shorter)) == []
+    assert len(hsct_findings(judge_hsct(hsct_obx("20261231"), protocol=shorter))) == 1
 
 
 def test_warning_keeps_the_message_accepted_through_the_service():

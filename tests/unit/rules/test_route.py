@@ -24,11 +24,10 @@ def test_oral_route_is_refused():
     "IV^Intravenous^HL70162",
     "iv^^HL70162",
     "IV",
-    "IVINF^Intravenous infusion^L",
-    "47625008^INTRAVENOUS^SCT",
-    "^intravenous",
+    "^intravenous",  # the text counts when the code is empty
 ])
 def test_iv_code_or_intravenous_text_is_accepted(route):
+    """Routes by code first (docs/protocol.md, "Routes")."""
     errors, verdict = route_errors(route)
     assert errors == []
     assert verdict.control == "OK", verdict.findings
@@ -53,3 +52,10 @@ def test_empty_rxr1_is_refused():
     errors, _ = route_errors("")
     [found] = errors
     assert "no route" in found.message
+
+
+@pytest.mark.parametrize("route", ["IVINF^Intravenous infusion^L", "PO^Intravenous^HL70162", "PO^Intravenous",
+                                   "47625008^INTRAVENOUS^SCT"])  # the bundled protocols have no route map
+def test_a_code_that_is_not_iv_or_not_readable_is_refused_whatever_its_text(route):
+    errors, verdict = route_errors(route)
+    assert len(errors) == 1 and verdict.control == "UA"

@@ -192,9 +192,14 @@ def test_first_dose_is_day1():
     assert verdict.computed["course_day1_date"] == "2026-12-01"
 
 
-def test_other_protocol_and_non_go_history_do_not_count():
+def test_a_dose_of_another_protocol_keeps_the_patient_in_its_course():
+    history = [prior_dose(datetime(2026, 11, 25, 10, 0, tzinfo=UTC), "OTHER1", protocol_id="another-protocol")]
+    errors = schedule_errors(judge_text(adult_order_set(), history=history).orders[0])
+    assert "patient is in a course of another-protocol started 2026-11-25" in errors[0].message
+
+
+def test_non_go_history_does_not_count():
     history = [
-        prior_dose(datetime(2026, 11, 25, 10, 0, tzinfo=UTC), "OTHER1", protocol_id="another-protocol"),
         prior_dose(datetime(2026, 11, 26, 10, 0, tzinfo=UTC), "PREMED1", protocol_order=False),
         prior_dose(datetime(2026, 11, 27, 10, 0, tzinfo=UTC), "NOSTART").model_copy(update={"start": None}),
     ]

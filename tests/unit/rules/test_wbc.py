@@ -237,8 +237,10 @@ def test_per_microlitre_units_are_divided_by_1000(unit):
     assert_accepted_silently(judge_wbc(wbc_obx("29900", hl7_unit(unit))))
 
 
-def test_unit_matched_on_its_text_when_the_identifier_is_unknown():
-    assert_accepted_silently(judge_wbc(wbc_obx("8.4", "XX^K/uL^L")))
+def test_unit_identifier_wins_over_its_text():
+    # units by code first (docs/protocol.md, "Units"): an unknown identifier is never read by its text
+    assert "'XX'" in the_error(judge_wbc(wbc_obx("8.4", "XX^K/uL^L"))).message
+    assert_accepted_silently(judge_wbc(wbc_obx("8.4", "^K/uL")))
 
 
 @pytest.mark.parametrize(("unit", "named"), [("mmol/L^mmol/L^UCUM", "'mmol/L'"), ("", "'(no unit)'")])

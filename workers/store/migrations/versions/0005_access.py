@@ -1,7 +1,7 @@
 """People and roles (users: name, roles, token SHA-256, revoked_at) and the chained PHI access log.
 
 Revision ID: 0005_access
-Revises: 0007_cds_hooks
+Revises: 0004_reliability
 Create Date: 2026-12-02
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_access"
-down_revision = "0007_cds_hooks"
+down_revision = "0004_reliability"
 branch_labels = None
 depends_on = None
 

@@ -205,14 +205,19 @@ def test_cli_usage_errors_exit_2(cli, capsys):
 
 @pytest.fixture
 def api(client, tmp_path):
+    from datetime import UTC, datetime
+
     from fastapi.testclient import TestClient
 
     from tests.builders import AUDIT_TOKEN_SHA
     from workers.http.app import create_app
     from workers.store import open_sql_store
+    from workers.store.access import AccessLedger
 
     db = f"sqlite:///{tmp_path / 'h.db'}"
-    open_sql_store(db, create=True).dispose()
+    st = open_sql_store(db, create=True)
+    AccessLedger(st).add_user("opal", ["operator"], OPERATOR_TOKEN, datetime.now(UTC))
+    st.dispose()
     app = create_app(db, AUDIT_TOKEN_SHA, tz=Settings().tz,
                      dead_letters=lambda: letters(client, send_task=lambda *a: None))
     with TestClient(app) as c:
@@ -220,11 +225,17 @@ def api(client, tmp_path):
     app.state.store.dispose()
 
 
+OPERATOR_TOKEN = "Jq3vX9kPz0Lr7Wm2Nb5Tc8Yd1Hf4Gs6Ue-_aOiKlMnQ"
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+
+
 def test_http_operator_routes_list_resend_drop(api, client):
     from tests.builders import AUDIT_AUTH
 
     dead_lettered(client, "DL601", extra_entries=[{"message": "MSH|x"}])
     assert api.get("/operator/deadletters").status_code == 401  # guarded
+    assert api.get("/operator/deadletters", headers=AUDIT_AUTH).status_code == 403  # an auditor is no operator
+    audit_auth, AUDIT_AUTH = AUDIT_AUTH, OPERATOR  # noqa: N806 - the operator's credential from here on
     r = api.get("/operator/deadletters", headers=AUDIT_AUTH)
     entries = r.json()["entries"]
     assert [e["control_id"] for e in entries] == ["DL601", None]
@@ -238,7 +249,7 @@ def test_http_operator_routes_list_resend_drop(api, client):
     r = api.post("/operator/deadletters/drop", json={"ids": [bad], "reason": "bad feed"}, headers=AUDIT_AUTH)
     assert r.json() == {"done": [bad], "refused": {}}
     assert api.get("/operator/deadletters", headers=AUDIT_AUTH).json() == {"entries": []}
-    r = api.get("/audit/messages", params={"rule": DROP_RULE}, headers=AUDIT_AUTH)
+    r = api.get("/audit/messages", params={"rule": DROP_RULE}, headers=audit_auth)
     assert r.json()["total"] == 1
 
 

@@ -15,13 +15,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field, model_validator
 
-from workers.http.auth import require_auth
+from workers.http.auth import Principal, require_role
 
 __all__ = ["require_operator", "router"]
 
-# TODO(roles): the `operator` role of docs/interfaces.md §5 "Access" once per-person credentials exist;
-# until then the audit API's own credential (token or session) guards these routes.
-require_operator = require_auth
+require_operator = require_role("operator")  # docs/interfaces.md §5 "Access": 401 without, 403 without the role
 
 _ID = r"^\d{1,20}-\d{1,20}$"  # a Redis stream entry id
 
@@ -58,6 +56,7 @@ def _handled(handled) -> dict[str, Any]:
 
 router = APIRouter(prefix="/operator", tags=["operators"], dependencies=[Depends(require_operator)],
                    responses={401: {"description": "missing or wrong credential"},
+                              403: {"description": "the credential lacks the `operator` role"},
                               503: {"description": "the dead-letter stream is not configured or does not answer"}})
 
 
@@ -73,8 +72,9 @@ def resend_dead_letters(request: Request, body: ResendIn) -> dict[str, Any]:
 
 
 @router.post("/deadletters/drop", summary="remove dead letters, recorded in the audit log")
-def drop_dead_letters(request: Request, body: DropIn) -> dict[str, Any]:
+def drop_dead_letters(request: Request, body: DropIn,
+                      operator: Annotated[Principal, Depends(require_operator)]) -> dict[str, Any]:
     letters = _dead_letters(request)
     letters.store = request.app.state.store
-    who = f"http {request.client.host if request.client else '?'}"
+    who = f"{operator.name} (http {request.client.host if request.client else '?'})"
     return _handled(letters.drop(body.ids, body.reason, by=who))

@@ -471,3 +471,24 @@ def test_tokens_under_32_bytes_of_entropy_are_refused(sqlite_url, token):
 def test_generated_tokens_have_enough_entropy():
     assert all(token_entropy_bits(secrets.token_urlsafe(32)) >= 256 for _ in range(200))
     assert token_entropy_bits(secrets.token_hex(32)) >= 256
+
+
+def test_concurrent_reads_append_a_gapless_chain_on_both_databases(db_url):
+    """Two API threads logging at once (PostgreSQL: the access log's advisory lock; SQLite: BEGIN IMMEDIATE)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = open_sql_store(db_url, create=True)
+    ledger = AccessLedger(store)
+
+    def reads(who: str) -> None:
+        for i in range(15):
+            ledger.record(who, "10.0.0.1", "GET /audit/messages/1", f"record {i}", datetime.now(UTC))
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(reads, ["alice", "bob"]))
+    seqs = [e.seq for e in ledger.entries()]
+    assert seqs == list(range(1, 31))
+    result = ledger.verify()
+    assert result.intact and result.checked == 30
+    assert [e.user for e in ledger.entries(user="bob")] == ["bob"] * 15
+    store.dispose()

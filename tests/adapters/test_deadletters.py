@@ -215,9 +215,9 @@ def api(client, tmp_path):
     from workers.store.access import AccessLedger
 
     db = f"sqlite:///{tmp_path / 'h.db'}"
-    st = open_sql_store(db, create=True)
-    AccessLedger(st).add_user("opal", ["operator"], OPERATOR_TOKEN, datetime.now(UTC))
-    st.dispose()
+    store = open_sql_store(db, create=True)
+    AccessLedger(store).add_user("olga", ["operator"], OPERATOR_TOKEN, datetime.now(UTC))
+    store.dispose()
     app = create_app(db, AUDIT_TOKEN_SHA, tz=Settings().tz,
                      dead_letters=lambda: letters(client, send_task=lambda *a: None))
     with TestClient(app) as c:
@@ -225,17 +225,16 @@ def api(client, tmp_path):
     app.state.store.dispose()
 
 
-OPERATOR_TOKEN = "Jq3vX9kPz0Lr7Wm2Nb5Tc8Yd1Hf4Gs6Ue-_aOiKlMnQ"
-OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+OPERATOR_TOKEN = "op-Xq7vK2pL9mZ4rT8wB3nJ6yH1cF5dG0sA-uE2iO7kM4xV9bN3qR8tY1wZ6"  # >= 256 bits of entropy
 
 
 def test_http_operator_routes_list_resend_drop(api, client):
-    from tests.builders import AUDIT_AUTH
+    from tests.builders import AUDIT_AUTH as AUDITOR
 
+    AUDIT_AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
     dead_lettered(client, "DL601", extra_entries=[{"message": "MSH|x"}])
     assert api.get("/operator/deadletters").status_code == 401  # guarded
-    assert api.get("/operator/deadletters", headers=AUDIT_AUTH).status_code == 403  # an auditor is no operator
-    audit_auth, AUDIT_AUTH = AUDIT_AUTH, OPERATOR  # noqa: N806 - the operator's credential from here on
+    assert api.get("/operator/deadletters", headers=AUDITOR).status_code == 403  # an auditor is not an operator
     r = api.get("/operator/deadletters", headers=AUDIT_AUTH)
     entries = r.json()["entries"]
     assert [e["control_id"] for e in entries] == ["DL601", None]
@@ -249,7 +248,7 @@ def test_http_operator_routes_list_resend_drop(api, client):
     r = api.post("/operator/deadletters/drop", json={"ids": [bad], "reason": "bad feed"}, headers=AUDIT_AUTH)
     assert r.json() == {"done": [bad], "refused": {}}
     assert api.get("/operator/deadletters", headers=AUDIT_AUTH).json() == {"entries": []}
-    r = api.get("/audit/messages", params={"rule": DROP_RULE}, headers=audit_auth)
+    r = api.get("/audit/messages", params={"rule": DROP_RULE}, headers=AUDITOR)
     assert r.json()["total"] == 1
 
 

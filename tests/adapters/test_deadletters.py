@@ -205,14 +205,13 @@ def test_cli_usage_errors_exit_2(cli, capsys):
 
 @pytest.fixture
 def api(client, tmp_path):
+    from datetime import UTC, datetime
+
     from fastapi.testclient import TestClient
 
     from tests.builders import AUDIT_TOKEN_SHA
     from workers.http.app import create_app
     from workers.store import open_sql_store
-
-    from datetime import UTC, datetime
-
     from workers.store.access import AccessLedger
 
     db = f"sqlite:///{tmp_path / 'h.db'}"

@@ -172,10 +172,14 @@ def _record_cli_read(store: SqlStore, filters: dict, limit: int | None) -> None:
     from urllib.parse import urlencode
 
     from workers.store.access import AccessLedger
+    from workers.store.chain import ChainKeyError
 
     query = {k: v for k, v in filters.items() if v} | ({"limit": limit} if limit else {})
-    AccessLedger(store).record(_cli_user(), "local", "rxgate audit", urlencode(sorted(query.items())),
-                               datetime.now(UTC))
+    try:
+        AccessLedger(store).record(_cli_user(), "local", "rxgate audit", urlencode(sorted(query.items())),
+                                   datetime.now(UTC))
+    except ChainKeyError as exc:  # the access log is chained with the audit key: no key, no read
+        raise UsageError(f"audit: {exc}") from None
 
 
 ACCESS_COLUMNS = ["seq", "at", "user", "address", "action", "target"]
@@ -218,7 +222,12 @@ def cmd_access(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
                 out.write(f"{r['seq']}  {r['at']}  {r['user']}  {r['address']}  {r['action']}  {r['target']}\n")
             if not n:
                 out.write("(no matching reads)\n")
-        result = ledger.verify()
+        from workers.store.chain import ChainKeyError
+
+        try:
+            result = ledger.verify()
+        except ChainKeyError as exc:
+            raise UsageError(f"audit access: {exc}") from None
         if result.intact:
             print(f"access log chain intact: {result.checked} rows", file=sys.stderr)
             return 0

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field, model_validator
 
-from workers.http.auth import require_role
+from workers.http.auth import Principal, require_role
 
 __all__ = ["require_operator", "router"]
 
@@ -56,6 +56,7 @@ def _handled(handled) -> dict[str, Any]:
 
 router = APIRouter(prefix="/operator", tags=["operators"], dependencies=[Depends(require_operator)],
                    responses={401: {"description": "missing or wrong credential"},
+                              403: {"description": "the credential lacks the `operator` role"},
                               503: {"description": "the dead-letter stream is not configured or does not answer"}})
 
 
@@ -71,8 +72,9 @@ def resend_dead_letters(request: Request, body: ResendIn) -> dict[str, Any]:
 
 
 @router.post("/deadletters/drop", summary="remove dead letters, recorded in the audit log")
-def drop_dead_letters(request: Request, body: DropIn) -> dict[str, Any]:
+def drop_dead_letters(request: Request, body: DropIn,
+                      operator: Annotated[Principal, Depends(require_operator)]) -> dict[str, Any]:
     letters = _dead_letters(request)
     letters.store = request.app.state.store
-    who = f"http {request.client.host if request.client else '?'}"
+    who = f"{operator.name} (http {request.client.host if request.client else '?'})"
     return _handled(letters.drop(body.ids, body.reason, by=who))

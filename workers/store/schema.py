@@ -287,3 +287,4 @@ class AccessLogRow(Base):
     target: Mapped[str] = mapped_column(Text)  # the query (filters) or the record id read
     prev_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
     hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), unique=True)
+    key_id: Mapped[str] = mapped_column(String(16))  # the audit key that signed it (chain.ChainKey.key_id)

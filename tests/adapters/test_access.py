@@ -9,8 +9,8 @@ import json
 import re
 import secrets
 from datetime import UTC, datetime
-from types import SimpleNamespace
 
+import fakeredis
 import pytest
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
@@ -23,6 +23,8 @@ from tests.builders import NY, fill_audit_store, login
 from tests.fakes import FakeClock, FakeHl7Judge
 from workers.http.app import create_app
 from workers.http.auth import SESSION_COOKIE, FailureLimiter
+from workers.queue.bridge import Streams
+from workers.queue.deadletters import DeadLetters
 from workers.settings import Settings
 from workers.store import open_sql_store
 from workers.store.access import AccessLedger, UserError, token_entropy_bits
@@ -33,21 +35,6 @@ HL7 = ("MSH|^~\\&|EHR|WARD|RXGATE|PHARM|20261202080000||OMP^O09^OMP_O09|CTRL1|P|
        "PID|||MRN123^^^HOSP^MR||DOE^JANE||19700101|F\r")
 HL7_HEADERS = {"Content-Type": "application/hl7-v2; charset=utf-8"}
 MAX_MESSAGE = 4096
-
-
-class NoDeadLetters:
-    """An empty dead-letter stream behind /operator/* (tests/adapters/test_deadletters.py has the real one)."""
-
-    store = None
-
-    def entries(self):
-        return []
-
-    def resend(self, ids):
-        return SimpleNamespace(done=[], refused={i: "not a dead-letter id" for i in ids or []})
-
-    def drop(self, ids, reason, by):
-        return SimpleNamespace(done=[], refused={i: "not a dead-letter id" for i in ids})
 
 
 def bearer(role: str) -> dict[str, str]:
@@ -65,9 +52,10 @@ def site(sqlite_url):
     clock = FakeClock(1_000_000.0)
     judge = FakeHl7Judge()
     settings = Settings(max_message_bytes=MAX_MESSAGE)
+    streams = fakeredis.FakeRedis()  # the operators' dead-letter routes, on an empty stream
     app = create_app(store=store, token_sha256=LEGACY_SHA, tz=NY, hl7_judge=judge, hl7_settings=settings,
                      clock=clock, limiter=FailureLimiter(clock=clock, max_failures=5, window=60, lockout=120),
-                     dead_letters=NoDeadLetters)
+                     dead_letters=lambda: DeadLetters(streams, Streams("a:i", "a:o", "a:d", "g"), NY))
     with TestClient(app, follow_redirects=False) as c:
         yield c, app, ledger, clock, judge
     store.dispose()

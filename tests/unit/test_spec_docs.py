@@ -287,3 +287,11 @@ OUTSIDE_SPEC = re.compile(r"contract\.md|go-protocol\.md|label-notes|hl7-notes|q
 def test_no_citation_of_specification_files_outside_the_repository(path):
     hits = [line.strip() for line in path.read_text().splitlines() if OUTSIDE_SPEC.search(line)]
     assert not hits, f"{path.relative_to(ROOT)} cites the shared spec; cite docs/protocol.md or docs/interfaces.md: {hits}"
+
+
+def test_every_alert_has_a_runbook_entry():
+    """README "Runbook": what to do for each alert docs/metrics.md suggests."""
+    alerts = re.findall(r"- alert: (\w+)", (ROOT / "docs" / "metrics.md").read_text())
+    readme = (ROOT / "README.md").read_text()
+    runbook = readme.split("## Runbook", 1)[1].split("\n## ", 1)[0]
+    assert alerts and [a for a in alerts if f"### `{a}`" not in runbook] == []

@@ -251,10 +251,12 @@ def _verify_file(path: str, anchor: tuple[int, str] | None, out: TextIO) -> int:
     from workers.store.chain import ChainKeyError
 
     try:
-        with open(path, encoding="utf-8") as f:
-            result = verify_archive(f, anchor=anchor)
+        keys = _settings().chain_keys()
     except ChainKeyError as exc:
-        raise UsageError(f"audit verify --file: {exc}") from None
+        raise UsageError(str(exc)) from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            result = verify_archive(f, keys=keys, anchor=anchor)
     except OSError as exc:
         raise UsageError(f"--file: cannot read {path}: {exc.strerror}") from None
     except (ArchiveError, UnicodeDecodeError) as exc:

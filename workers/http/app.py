@@ -156,11 +156,11 @@ def settings_app() -> FastAPI:
     RXGATE_AUDIT_TOKEN_SHA256 (one auditor credential) and, for POST /hl7, the broker's inbound stream."""
     settings = Settings()
     from workers import metrics
-    from workers.queue.embedded import resolve_broker_url
+    from workers.queue.embedded import resolve_stream_url
     from workers.queue.verdicts import Verdicts
 
     metrics.configure(settings)  # /metrics sums the counters of every process of the service
-    judge = Verdicts.connect(settings, resolve_broker_url(settings))
+    judge = Verdicts.connect(settings, resolve_stream_url(settings))
     return create_app(settings.database_url, settings.audit_token_sha256, tz=settings.tz,
                       service_health=lambda: health_status(settings), hl7_judge=judge, hl7_settings=settings,
                       dead_letters=lambda: _dead_letters(settings))

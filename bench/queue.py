@@ -173,13 +173,20 @@ def worker_env(redis_url: str, db_url: str, prefix: str) -> dict[str, str]:
 
 
 class CeleryPath:
-    def __init__(self, infra: Infra, redis_url: str, db_url: str, n: int):
+    """Celery on Redis, or with `amqp_url` on RabbitMQ (quorum queue, publisher confirms; results still in
+    the Redis at `redis_url`, as the service keeps them)."""
+
+    def __init__(self, infra: Infra, redis_url: str, db_url: str, n: int, amqp_url: str | None = None):
         from workers.queue.celery_app import make_app
         from workers.settings import Settings
 
         self.n = n
-        self.procs = Procs(infra, worker_env(redis_url, db_url, "benchrx"))
-        self.app = make_app(Settings(broker_url=redis_url, database_url=db_url, timezone="UTC"))
+        env = worker_env(redis_url, db_url, "benchrx")
+        if amqp_url:
+            env.update(RXGATE_BROKER_URL=amqp_url, RXGATE_STREAM_URL=redis_url)
+        self.procs = Procs(infra, env)
+        self.app = make_app(Settings(broker_url=amqp_url or redis_url, stream_url=redis_url if amqp_url else "",
+                                     database_url=db_url, timezone="UTC"))
 
     def start(self) -> None:
         self.procs.spawn(["-m", "celery", "-A", "bench.celery_bench", "worker", "-Q", "rxgate.orders", "-c",
@@ -425,25 +432,38 @@ def run_queue(infra: Infra, cfg: dict[str, Any], log=print) -> dict[str, Any]:
     def tag() -> str:
         return f"Q{next(seq):03d}"
 
-    # (d) transport alone, independent of the store
-    for n in ns:
-        flush.flushdb()
-        cp = CeleryPath(infra, redis_url, infra.new_sqlite_url(), n)
+    amqp_url = cfg.get("amqp_url") or None  # RXGATE_BENCH_AMQP_URL: the celery_amqp path (RabbitMQ)
+    paths = [p for p in cfg["queue_paths"] if p != "celery_amqp" or amqp_url]
+    if "celery_amqp" in cfg["queue_paths"] and not amqp_url:
+        log("  queue: celery_amqp needs RXGATE_BENCH_AMQP_URL (a RabbitMQ vhost): not measured")
+
+    def celery_noop(n: int, broker: str | None) -> dict[str, Any]:
+        cp = CeleryPath(infra, redis_url, infra.new_sqlite_url(), n, amqp_url=broker)
         cp.start()
         try:
             cp.run("bench.noop", ["x"] * max(warm, 20), timeout=120)
-            noop = cp.run("bench.noop", [f"x{i}" for i in range(count)])
+            return cp.run("bench.noop", [f"x{i}" for i in range(count)])
         finally:
             cp.stop()
-        sp = StreamPath(infra, redis_url, infra.new_sqlite_url(), n, echo=True)
-        sp.start()
-        try:
-            sp.run(["x"] * max(warm, 20), timeout=120)
-            echo = sp.run(messages(tag(), count))
-        finally:
-            sp.stop()
-        out["transport"][str(n)] = {"celery_noop": noop, "stream_echo": echo}
-        log(f"  queue transport N={n}: celery no-op {noop['per_second']}/s, stream round trip {echo['per_second']}/s")
+
+    # (d) transport alone, independent of the store
+    for n in ns:
+        flush.flushdb()
+        transport: dict[str, Any] = {}
+        if any(p in paths for p in ("celery",)) or not paths:
+            transport["celery_noop"] = celery_noop(n, None)
+        if "celery_amqp" in paths:
+            transport["celery_amqp_noop"] = celery_noop(n, amqp_url)
+        if any(p.startswith("bridge") for p in paths):
+            sp = StreamPath(infra, redis_url, infra.new_sqlite_url(), n, echo=True)
+            sp.start()
+            try:
+                sp.run(["x"] * max(warm, 20), timeout=120)
+                transport["stream_echo"] = sp.run(messages(tag(), count))
+            finally:
+                sp.stop()
+        out["transport"][str(n)] = transport
+        log(f"  queue transport N={n}: " + ", ".join(f"{k} {v['per_second']}/s" for k, v in transport.items()))
 
     for store_name, new_url in stores.items():
         db_url = new_url()
@@ -453,21 +473,22 @@ def run_queue(infra: Infra, cfg: dict[str, Any], log=print) -> dict[str, Any]:
             row: dict[str, Any] = {}
             transport = out["transport"][str(n)]
             together = in_process_together(db_url, n, tag(), cfg["in_process_messages"]) if n > 1 else None
-            for path in cfg["queue_paths"]:
+            for path in paths:
                 # (c) again right before this run: the machine is shared, its speed drifts
                 adjacent = in_process(db_url, messages(tag(), cfg["in_process_messages"] + 5))
                 c = adjacent["per_second"]
                 flush.flushdb()
                 runner: Any = (CeleryPath(infra, redis_url, db_url, n) if path == "celery"
+                               else CeleryPath(infra, redis_url, db_url, n, amqp_url=amqp_url) if path == "celery_amqp"
                                else StreamPath(infra, redis_url, db_url, n, echo=False,
                                                env={"RXGATE_STORE_BATCH": "1"} if path == "bridge_unbatched" else None))
                 runner.start()
                 try:
-                    go = (lambda texts, rate=None, r=runner: r.run("rxgate.validate", texts, rate)) if path == "celery" \
-                        else (lambda texts, rate=None, r=runner: r.run(texts, rate))
+                    go = (lambda texts, rate=None, r=runner: r.run("rxgate.validate", texts, rate)) \
+                        if path.startswith("celery") else (lambda texts, rate=None, r=runner: r.run(texts, rate))
                     go(messages(tag(), warm))
                     maxrate = go(messages(tag(), count))
-                    floor = transport["celery_noop" if path == "celery" else "stream_echo"]
+                    floor = transport[{"celery": "celery_noop", "celery_amqp": "celery_amqp_noop"}.get(path, "stream_echo")]
                     best = ideal(floor["per_second"], c, n)
                     t_cpu = floor["cpu_ms_per_message"]["total"]
                     ideal_cpu = t_cpu + adjacent["cpu_ms_per_message"]

@@ -32,6 +32,7 @@ FULL: dict[str, Any] = {
     # part 2
     "queue_paths": ["celery", "bridge", "bridge_unbatched"], "queue_n": [1, 2], "queue_messages": 600, "queue_stores": ["sqlite", "postgresql"], "queue_warmup": 60, "in_process_messages": 150,
     "latency_n": [1, 2], "latency_seconds": 6.0,
+    "amqp_url": "",  # RXGATE_BENCH_AMQP_URL: a RabbitMQ vhost for the celery_amqp path (RXGATE_BENCH_QUEUE_PATHS)
     # part 4
     "memory_messages": 10000, "memory_step": 2000, "memory_warmup": 500, "memory_n": 2,
     "memory_store": "postgresql", "memory_paths": ["celery"],

@@ -36,6 +36,8 @@ class HistoryEntry(BaseModel):
     amount_units: str = ""
     route: str = ""
     as_needed: bool = False
+    accepted_at: datetime | None = None  # MSH-7 of the accepting message (else when it was received)
+    fingerprint: str = ""  # validator.resend.order_fingerprint: tells a resend from other content
 
 
 class Cancellation(BaseModel):

@@ -29,7 +29,7 @@ from .history import (
     ProcessedMessage,
     Store,
 )
-from .model import Location, OrderSet
+from .model import Location, OrderSet, Patient
 from .protocol import Protocol, ProtocolSet
 from .reader import (
     DEFAULT_LIMITS,
@@ -39,6 +39,7 @@ from .reader import (
     check_stored_lengths,
     read_header,
     read_order_set,
+    readable_patient,
     within_stored_lengths,
 )
 from .response import build_rejection, build_response
@@ -73,6 +74,8 @@ class OrderResult:
     order_control: str
     findings: list[dict[str, Any]]
     protocol: dict[str, str] | None = None
+    # overrides with a reason applied to this order (docs/protocol.md): the audit record marks them
+    overrides: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def of(cls, verdict: OrderVerdict) -> OrderResult:
@@ -85,6 +88,7 @@ class OrderResult:
             findings=[f.to_json() for f in verdict.findings],
             protocol=({"id": computed["protocol_id"], "version": computed["protocol_version"]}
                       if "protocol_id" in computed else None),
+            overrides=list(computed.get("overrides") or []),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -97,6 +101,8 @@ class OrderResult:
         }
         if self.protocol is not None:
             out["protocol"] = self.protocol
+        if self.overrides:
+            out["overrides"] = self.overrides
         return out
 
 
@@ -121,7 +127,7 @@ class CheckResult:
             message_type=order_set.message_type,
             ack_code=judgement.ack_code,
             response=response,
-            findings=[f.to_json() for f in judgement.findings],
+            findings=[{**f.to_json(), "order_index": f.order_index} for f in judgement.findings],
             orders=[OrderResult.of(v) for v in judgement.orders],
             patient_id=order_set.patient.id or None,
             protocol={"id": judgement.protocol_id, "version": judgement.protocol_version},
@@ -129,14 +135,15 @@ class CheckResult:
 
     @classmethod
     def rejected(cls, header: OrderSet | None, rule: str, message: str, location: Location | None,
-                 response: str) -> CheckResult:
+                 response: str, patient_id: str | None = None) -> CheckResult:
         return cls(
+            patient_id=patient_id,
             control_id=(header.control_id or None) if header else None,
             message_type=(header.message_type or None) if header else None,
             ack_code="AR",
             response=response,
             findings=[{"rule": rule, "severity": "error", "location": location.short() if location else None,
-                       "message": message}],
+                       "message": message, "order_index": None}],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -145,8 +152,7 @@ class CheckResult:
             "message_type": self.message_type,
             "ack_code": self.ack_code,
         }
-        if self.protocol is not None:
-            out["patient_id"] = self.patient_id
+        out["patient_id"] = self.patient_id
         out["orders"] = [o.to_json() for o in self.orders]
         out["findings"] = self.findings
         if self.protocol is not None:
@@ -320,7 +326,7 @@ def _process(call: Call, raw: RawMessage) -> Outcome:
     if key is not None:
         stored = call.store.answer_for(key)
         if stored is not None:
-            return _answer_again(call, key, stored.content_sha256, stored.result, header, text)
+            return _answer_again(call, key, stored.content_sha256, stored.result, header, text, raw)
     try:
         check_limits(raw, call.limits)
         order_set = read_order_set(raw, call.tz)
@@ -328,7 +334,8 @@ def _process(call: Call, raw: RawMessage) -> Outcome:
     except MessageRejected as exc:
         location = Location(segment=exc.segment, occurrence=1, field=exc.field) if exc.field else None
         # stored under the key: a redelivery of a rejected message gets the same AR
-        return _reject(call, key, header, Rejection(exc.rule, exc.code, exc.message, location), text, started)
+        return _reject(call, key, header, Rejection(exc.rule, exc.code, exc.message, location), text, started,
+                       patient=readable_patient(raw))
     for attempt in range(1, REJUDGE_ATTEMPTS + 1):
         try:
             outcome = _judge_and_save(call, key, header, order_set, text)
@@ -340,7 +347,8 @@ def _process(call: Call, raw: RawMessage) -> Outcome:
             continue
         except _InternalError:
             message = "not processed: internal error in the validator (logged); resend after it is fixed"
-            return _reject(call, None, header, Rejection(INTERNAL_ERROR_RULE, "207", message), text, started)
+            return _reject(call, None, header, Rejection(INTERNAL_ERROR_RULE, "207", message), text, started,
+                           patient=order_set.patient)
         _log(outcome, started)
         return outcome
     raise AssertionError("unreachable")
@@ -372,7 +380,8 @@ def _unparseable(call: Call, text: str, what: str) -> Outcome:
 
 
 def _answer_again(
-    call: Call, key: MessageKey, stored_sha: str, stored_result: dict[str, Any], header: OrderSet, text: str
+    call: Call, key: MessageKey, stored_sha: str, stored_result: dict[str, Any], header: OrderSet, text: str,
+    raw: RawMessage | None = None,
 ) -> Outcome:
     """A key seen before: the same content gets the stored answer; other content is a duplicate control id."""
     if stored_sha == key.content_sha256:
@@ -385,17 +394,21 @@ def _answer_again(
     )
     rejection = Rejection("hl7.duplicate_control_id", "205", message, Location(segment="MSH", occurrence=1, field=10))
     # not stored under the key (it belongs to the first message), but audited
-    return _reject(call, None, header, rejection, text, time.perf_counter())
+    patient = readable_patient(raw) if raw is not None else Patient()
+    return _reject(call, None, header, rejection, text, time.perf_counter(), patient=patient)
 
 
 def _reject(
-    call: Call, key: MessageKey | None, header: OrderSet | None, rejection: Rejection, text: str, started: float
+    call: Call, key: MessageKey | None, header: OrderSet | None, rejection: Rejection, text: str, started: float,
+    *, patient: Patient | None = None,
 ) -> Outcome:
-    """Answer AR for the message as a whole, audit it, log it."""
+    """Answer AR for the message as a whole, audit it (with the patient when PID-3 was readable), log it."""
     response = build_rejection(header, rejection.rule, rejection.code, rejection.message, rejection.location,
                                call.now())
-    result = CheckResult.rejected(header, rejection.rule, rejection.message, rejection.location, response)
-    outcome = _save(call, key, result, header, text, Writes())
+    patient = patient or Patient()
+    result = CheckResult.rejected(header, rejection.rule, rejection.message, rejection.location, response,
+                                  patient_id=patient.id or None)
+    outcome = _save(call, key, result, header, text, Writes(patient_key=patient.key))
     _log(outcome, started)
     return outcome
 

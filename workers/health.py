@@ -40,6 +40,22 @@ def check_broker(url: str, timeout: float = 2.0, settings: Settings | None = Non
         return {"ok": False, "url": _hide_password(url), "detail": f"{type(exc).__name__}: {str(exc)[:200]}"}
 
 
+def check_amqp(url: str, timeout: float = 2.0) -> dict[str, Any]:
+    """RabbitMQ (the Celery broker with amqp://): one connection opened and closed."""
+    from kombu import Connection
+
+    started = time.perf_counter()
+    try:
+        with Connection(url, connect_timeout=timeout) as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+            version = conn.connection.server_properties.get("version", b"?")
+        version = version.decode() if isinstance(version, bytes) else str(version)
+        return {"ok": True, "url": _hide_password(url), "detail": f"rabbitmq {version}",
+                "ms": round((time.perf_counter() - started) * 1000, 1)}
+    except Exception as exc:  # noqa: BLE001 - any failure is "does not answer", with the reason
+        return {"ok": False, "url": _hide_password(url), "detail": f"{type(exc).__name__}: {str(exc)[:200]}"}
+
+
 def check_database(url: str, timeout: float = 5.0) -> dict[str, Any]:
     from sqlalchemy import create_engine, text
 
@@ -89,11 +105,21 @@ def check_database(url: str, timeout: float = 5.0) -> dict[str, Any]:
 
 
 def health_status(settings: Settings | None = None) -> dict[str, Any]:
-    """{"status": "ok"|"unavailable", "broker": {...}, "database": {...}}; each part has ok, url, detail."""
-    from workers.queue.embedded import resolve_broker_url
+    """{"status": "ok"|"unavailable", "broker": {...}, "database": {...}}; each part has ok, url, detail.
+    With RabbitMQ as the broker, a third part "streams": the Redis of the streams, MLLP and results."""
+    from workers.queue.embedded import UnsupportedBroker, is_amqp, resolve_broker_url, resolve_stream_url
 
     settings = settings or Settings()
-    broker = check_broker(resolve_broker_url(settings), settings=settings)
-    database = check_database(settings.database_url)
-    return {"status": "ok" if broker["ok"] and database["ok"] else "unavailable",
-            "broker": broker, "database": database}
+    parts: dict[str, dict[str, Any]] = {}
+    try:
+        url = resolve_broker_url(settings)
+        amqp = is_amqp(settings)
+    except UnsupportedBroker as exc:
+        parts["broker"] = {"ok": False, "url": "", "detail": str(exc)}
+        amqp = False
+    else:
+        parts["broker"] = check_amqp(url) if amqp else check_broker(url, settings=settings)
+    parts["database"] = check_database(settings.database_url)
+    if amqp:
+        parts["streams"] = check_broker(resolve_stream_url(settings), settings=settings)
+    return {"status": "ok" if all(p["ok"] for p in parts.values()) else "unavailable", **parts}

@@ -290,12 +290,12 @@ class QueueCollector:
             import redis
 
             from workers.queue import sentinel
-            from workers.queue.embedded import resolve_broker_url
+            from workers.queue.embedded import resolve_stream_url
 
             if sentinel.enabled(self.settings):
                 self._client = sentinel.master_client(self.settings, socket_timeout=1.0)
             else:
-                self._client = redis.Redis.from_url(resolve_broker_url(self.settings), socket_timeout=1.0,
+                self._client = redis.Redis.from_url(resolve_stream_url(self.settings), socket_timeout=1.0,
                                                     socket_connect_timeout=1.0)
         return self._client
 

@@ -6,7 +6,7 @@ import logging
 from functools import cached_property
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import SecretStr, field_validator
+from pydantic import SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger("rxgate")
@@ -19,7 +19,10 @@ class Settings(BaseSettings):
     protocol: str = "go-rr-9mg-d1-d14"  # bundled protocol id or file path: the default protocol
     protocol_field: str = "RXE-27"  # where an order may name its protocol: RXE-27, ORC-4 (prefix) or NTE
     database_url: str = "sqlite:///var/rxgate.db"
-    broker_url: str = ""  # empty: redis://127.0.0.1:6379/0, else an embedded Redis under ./var/
+    broker_url: str = ""  # empty: redis://127.0.0.1:6379/0, else an embedded Redis under ./var/; amqp://: RabbitMQ
+    stream_url: str = ""  # the streams' (and MLLP's) Redis; empty: the Redis broker (with RabbitMQ: as broker_url empty)
+    result_backend: str = ""  # Celery results; empty: the streams' Redis; or a Celery backend URL (db+postgresql://...)
+    amqp_delivery_limit: int = 10  # RabbitMQ quorum queue x-delivery-limit; above error_retries (then dead-lettered)
     embedded: bool = False  # force the embedded Redis
     var_dir: str = "var"
     audit_token_sha256: str = ""
@@ -38,7 +41,7 @@ class Settings(BaseSettings):
         return Limits(self.max_message_bytes, self.max_segments, self.max_repetitions)
     log_level: str = "INFO"
     # --- queue service (workers/queue/celery_app.py, workers/queue/bridge.py); seconds unless named otherwise ---
-    visibility_timeout: float = 3600  # Redis redelivers an unacked Celery task after this; > longest task + retry budget
+    visibility_timeout: float = 300  # Redis redelivers an unacked Celery task after this; > one attempt + retry_max_delay
     unacked_restore_interval: int = 10  # kombu: seconds between sweeps for unacked messages past the visibility timeout
     unacked_restore_throttle: int = 10  # kombu: only every Nth sweep scans Redis (period = interval x throttle)
     prefetch_multiplier: int = 1  # tasks reserved per worker process (1-4); 1 keeps a kill -9 from stranding many
@@ -134,6 +137,14 @@ class Settings(BaseSettings):
         raise ChainKeyError(
             "no audit key: set RXGATE_AUDIT_KEY or RXGATE_AUDIT_KEY_FILE (the HMAC key of the audit chain, kept "
             "outside the database; `make run` makes var/audit.key)")
+
+    @model_validator(mode="after")
+    def _queue_timing(self):
+        # (RXGATE_VISIBILITY_TIMEOUT against RXGATE_RETRY_MAX_DELAY: celery_app.make_app warns, see there)
+        if self.amqp_delivery_limit <= self.error_retries:
+            raise ValueError(f"RXGATE_AMQP_DELIVERY_LIMIT ({self.amqp_delivery_limit}) must be above "
+                             f"RXGATE_ERROR_RETRIES ({self.error_retries})")
+        return self
 
     @cached_property
     def tz(self) -> ZoneInfo:

@@ -10,6 +10,7 @@ import re
 import secrets
 from datetime import UTC, datetime
 
+import fakeredis
 import pytest
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
@@ -22,6 +23,8 @@ from tests.builders import NY, fill_audit_store, login
 from tests.fakes import FakeClock, FakeHl7Judge
 from workers.http.app import create_app
 from workers.http.auth import SESSION_COOKIE, FailureLimiter
+from workers.queue.bridge import Streams
+from workers.queue.deadletters import DeadLetters
 from workers.settings import Settings
 from workers.store import open_sql_store
 from workers.store.access import AccessLedger, UserError, token_entropy_bits
@@ -49,8 +52,10 @@ def site(sqlite_url):
     clock = FakeClock(1_000_000.0)
     judge = FakeHl7Judge()
     settings = Settings(max_message_bytes=MAX_MESSAGE)
+    streams = fakeredis.FakeRedis()  # the operators' dead-letter routes, on an empty stream
     app = create_app(store=store, token_sha256=LEGACY_SHA, tz=NY, hl7_judge=judge, hl7_settings=settings,
-                     clock=clock, limiter=FailureLimiter(clock=clock, max_failures=5, window=60, lockout=120))
+                     clock=clock, limiter=FailureLimiter(clock=clock, max_failures=5, window=60, lockout=120),
+                     dead_letters=lambda: DeadLetters(streams, Streams("a:i", "a:o", "a:d", "g"), NY))
     with TestClient(app, follow_redirects=False) as c:
         yield c, app, ledger, clock, judge
     store.dispose()
@@ -66,6 +71,9 @@ ROUTES = [
     ("GET", "/ui", {"auditor", "legacy"}, {}),
     ("GET", "/ui/messages/1", {"auditor", "legacy"}, {}),
     ("GET", "/health/details", {"operator"}, {}),
+    ("GET", "/operator/deadletters", {"operator"}, {}),
+    ("POST", "/operator/deadletters/resend", {"operator"}, {"json": {"all": True}}),
+    ("POST", "/operator/deadletters/drop", {"operator"}, {"json": {"ids": ["1-1"], "reason": "test"}}),
     ("POST", "/hl7", {"submit"}, {"content": HL7.encode(), "headers": HL7_HEADERS}),
     ("GET", "/openapi.json", {"auditor", "operator", "submit", "legacy"}, {}),
     ("GET", "/docs", {"auditor", "operator", "submit", "legacy"}, {}),
@@ -169,6 +177,31 @@ def test_the_access_log_is_chained(site, sqlite_url):
         conn.execute(text("UPDATE access_log SET target = 'record 2' WHERE seq = 2"))
         conn.execute(text("DELETE FROM access_log WHERE seq = 2"))
     assert ledger.verify().first_bad_seq == 2
+    store.dispose()
+
+
+def test_a_forged_access_row_with_a_recomputed_hash_is_caught(site, sqlite_url):
+    """Keyed like the audit chain: whoever can write the database but lacks the audit key cannot forge a row."""
+    from workers.store.access import _entry_content
+    from workers.store.chain import ChainKey, chain_hash
+
+    client, _app, ledger, *_ = site
+    client.get("/audit/messages/1", headers=bearer("auditor"))
+    (first,) = rows(ledger)
+    store = open_sql_store(sqlite_url, create=False)
+    with store.engine.connect() as conn:
+        prev = conn.execute(text("SELECT hash FROM access_log WHERE seq = 1")).scalar_one()
+    content = {"at": first.at, "user_name": "mallory", "address": "10.9.9.9", "action": "GET /ui", "target": ""}
+    for key, key_id in ((None, "0" * 16), (ChainKey(b"a guessed key of thirty-two bytes!"), None)):
+        key_id = key_id or key.key_id
+        forged = chain_hash(_entry_content(content), 2, prev, key)
+        with store.engine.begin() as conn:
+            conn.execute(text("DELETE FROM access_log WHERE seq = 2"))
+            conn.execute(text("INSERT INTO access_log (seq, at, user_name, address, action, target, prev_hash, hash, "
+                              "key_id) VALUES (2, :at, 'mallory', '10.9.9.9', 'GET /ui', '', :prev, :hash, :kid)"),
+                         {"at": first.at.replace(tzinfo=None), "prev": prev, "hash": forged, "kid": key_id})
+        broken = ledger.verify()
+        assert not broken.intact and broken.first_bad_seq == 2 and "audit key" in broken.reason
     store.dispose()
 
 
@@ -426,3 +459,24 @@ def test_tokens_under_32_bytes_of_entropy_are_refused(sqlite_url, token):
 def test_generated_tokens_have_enough_entropy():
     assert all(token_entropy_bits(secrets.token_urlsafe(32)) >= 256 for _ in range(200))
     assert token_entropy_bits(secrets.token_hex(32)) >= 256
+
+
+def test_concurrent_reads_append_a_gapless_chain_on_both_databases(db_url):
+    """Two API threads logging at once (PostgreSQL: the access log's advisory lock; SQLite: BEGIN IMMEDIATE)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = open_sql_store(db_url, create=True)
+    ledger = AccessLedger(store)
+
+    def reads(who: str) -> None:
+        for i in range(15):
+            ledger.record(who, "10.0.0.1", "GET /audit/messages/1", f"record {i}", datetime.now(UTC))
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(reads, ["alice", "bob"]))
+    seqs = [e.seq for e in ledger.entries()]
+    assert seqs == list(range(1, 31))
+    result = ledger.verify()
+    assert result.intact and result.checked == 30
+    assert [e.user for e in ledger.entries(user="bob")] == ["bob"] * 15
+    store.dispose()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import secrets
+from datetime import UTC, datetime
 
 import fakeredis
 import pytest
@@ -205,14 +207,12 @@ def test_cli_usage_errors_exit_2(cli, capsys):
 
 @pytest.fixture
 def api(client, tmp_path):
+
     from fastapi.testclient import TestClient
 
     from tests.builders import AUDIT_TOKEN_SHA
     from workers.http.app import create_app
     from workers.store import open_sql_store
-
-    from datetime import UTC, datetime
-
     from workers.store.access import AccessLedger
 
     db = f"sqlite:///{tmp_path / 'h.db'}"
@@ -226,16 +226,16 @@ def api(client, tmp_path):
     app.state.store.dispose()
 
 
-OPERATOR_TOKEN = "op-Xq7vK2pL9mZ4rT8wB3nJ6yH1cF5dG0sA-uE2iO7kM4xV9bN3qR8tY1wZ6"  # >= 256 bits of entropy
+OPERATOR_TOKEN = secrets.token_urlsafe(32)
 
 
 def test_http_operator_routes_list_resend_drop(api, client):
     from tests.builders import AUDIT_AUTH as AUDITOR
 
-    AUDIT_AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    AUDIT_AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}  # noqa: N806 - the operator's credential
     dead_lettered(client, "DL601", extra_entries=[{"message": "MSH|x"}])
     assert api.get("/operator/deadletters").status_code == 401  # guarded
-    assert api.get("/operator/deadletters", headers=AUDITOR).status_code == 403  # an auditor is not an operator
+    assert api.get("/operator/deadletters", headers=AUDITOR).status_code == 403  # the operator role only
     r = api.get("/operator/deadletters", headers=AUDIT_AUTH)
     entries = r.json()["entries"]
     assert [e["control_id"] for e in entries] == ["DL601", None]
@@ -251,6 +251,8 @@ def test_http_operator_routes_list_resend_drop(api, client):
     assert api.get("/operator/deadletters", headers=AUDIT_AUTH).json() == {"entries": []}
     r = api.get("/audit/messages", params={"rule": DROP_RULE}, headers=AUDITOR)
     assert r.json()["total"] == 1
+    detail = api.get(f"/audit/messages/{r.json()['items'][0]['id']}", headers=AUDITOR).json()
+    assert any("olga" in f["message"] for f in detail["findings"] if f["rule"] == DROP_RULE)  # who dropped it
 
 
 def test_an_id_redis_cannot_read_is_refused_not_an_error(client):
@@ -264,3 +266,16 @@ def test_cli_broker_down_exits_1(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RXGATE_BROKER_URL", "redis://127.0.0.1:1/0")
     assert main(["deadletter", "list"]) == 1
     assert "does not answer" in capsys.readouterr().err
+
+
+def test_a_task_rabbitmq_dead_lettered_becomes_a_resendable_celery_dead_letter(client):
+    from workers.queue.amqp_deadletters import dead_letter_fields
+
+    text = adult_order_set("DL701")
+    fields = dead_letter_fields([[text], {}, {}], {"id": "task-1"}, limit=10)
+    assert fields["hl7"] == text and fields["source"] == "celery" and "delivered more than 10 times" in fields["reason"]
+    client.xadd("d:deadletter", fields)
+    sent = []
+    handled = letters(client, send_task=lambda t, replay_of: sent.append(t)).resend(None)
+    assert handled.ok and sent == [text]
+    assert "hl7" not in dead_letter_fields("not a task body", {}, limit=10)  # kept, for an operator to drop

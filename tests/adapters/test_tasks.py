@@ -177,6 +177,9 @@ def test_reliability_settings_took_effect():
 
 def test_production_defaults():
     s = Settings()
-    assert s.visibility_timeout >= s.retry_budget + 60
+    # each retry is a new message whose countdown (<= retry_max_delay) the worker holds unacked: the
+    # visibility timeout must cover one attempt plus that, not the whole retry budget; and it bounds
+    # the wait after a kill -9 to minutes
+    assert s.retry_max_delay + 60 <= s.visibility_timeout <= 600
     assert 1 <= s.prefetch_multiplier <= 4
     assert s.retry_budget >= 300

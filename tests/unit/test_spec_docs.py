@@ -22,8 +22,8 @@ from pydantic import BaseModel
 from tests.paths import ROOT
 from validator import load_protocol
 from validator.rules import DOSE_RULES
+from validator.rules.messages import MESSAGE_RULES
 from workers.cli import build_parser
-from workers.cli.protocol import MESSAGE_RULES
 from workers.settings import Settings
 
 PROTOCOL_MD = ROOT / "docs" / "protocol.md"
@@ -54,8 +54,8 @@ def _headings(path: Path) -> list[str]:
 
 def _catalogue_ids() -> set[str]:
     ids = {rule.id for rule in DOSE_RULES}
-    for key in MESSAGE_RULES:
-        ids |= {part.strip() for part in key.split("/")}
+    for rule in MESSAGE_RULES:
+        ids |= set(rule.ids)
     return ids
 
 
@@ -287,3 +287,11 @@ OUTSIDE_SPEC = re.compile(r"contract\.md|go-protocol\.md|label-notes|hl7-notes|q
 def test_no_citation_of_specification_files_outside_the_repository(path):
     hits = [line.strip() for line in path.read_text().splitlines() if OUTSIDE_SPEC.search(line)]
     assert not hits, f"{path.relative_to(ROOT)} cites the shared spec; cite docs/protocol.md or docs/interfaces.md: {hits}"
+
+
+def test_every_alert_has_a_runbook_entry():
+    """README "Runbook": what to do for each alert docs/metrics.md suggests."""
+    alerts = re.findall(r"- alert: (\w+)", (ROOT / "docs" / "metrics.md").read_text())
+    readme = (ROOT / "README.md").read_text()
+    runbook = readme.split("## Runbook", 1)[1].split("\n## ", 1)[0]
+    assert alerts and [a for a in alerts if f"### `{a}`" not in runbook] == []

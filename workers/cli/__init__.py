@@ -19,12 +19,12 @@ import argparse
 import logging
 import sys
 
-from workers.cli import audit, check, deadletter, mllp, protocol, service, users
+from workers.cli import audit, check, deadletter, mllp, protocol, replay, service, users
 from workers.cli.usage import Parser, UsageError
 
 __all__ = ["COMMAND_GROUPS", "UsageError", "build_parser", "main"]
 
-COMMAND_GROUPS = (check, audit, protocol, service, mllp, users, deadletter)
+COMMAND_GROUPS = (check, audit, protocol, service, mllp, users, deadletter, replay)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ import sys
 from workers import metrics
 from workers.cli.usage import UsageError
 from workers.queue import sentinel
-from workers.queue.embedded import resolve_broker_url
+from workers.queue.embedded import resolve_stream_url
 from workers.queue.mllp import MllpServer
 from workers.queue.replies import Replies, parse_reply_to
 from workers.queue.tls import TlsSetupError, client_context, server_context
@@ -107,7 +107,7 @@ def cmd_mllp(args: argparse.Namespace) -> int:
     tls = listener_tls(*tls_files(args, settings))
     replies = reply_setup(settings)
     metrics.configure(settings)  # the shared metrics directory (docs/metrics.md), once the options are valid
-    url = "" if sentinel.enabled(settings) else resolve_broker_url(settings)
+    url = "" if sentinel.enabled(settings) else resolve_stream_url(settings)
     return asyncio.run(_serve(settings, url, host, port, timeout, tls, replies))
 
 

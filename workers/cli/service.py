@@ -128,7 +128,7 @@ def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from workers.bootstrap import open_store
-    from workers.queue.embedded import ensure_broker
+    from workers.queue.embedded import UnsupportedBroker, ensure_broker, ensure_streams, is_amqp
 
     settings = _settings()
     _configure_logging(settings)
@@ -138,9 +138,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.warn_if_default_zone()
     try:
         url, embedded = ensure_broker(settings)
+        # RabbitMQ carries the Celery path only: the streams, MLLP and results need a Redis of their own
+        stream_url, stream_embedded = ensure_streams(settings) if is_amqp(settings) else (url, None)
+    except UnsupportedBroker as exc:
+        raise UsageError(str(exc)) from None
     except RuntimeError as exc:
         print(f"rxgate serve: cannot start the embedded Redis: {exc}", file=sys.stderr)
         return 1
+    embedded = embedded or stream_embedded
     try:
         store = open_store(settings.database_url, settings)  # creates / migrates the schema once, before the children
         getattr(store, "dispose", lambda: None)()
@@ -153,7 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     metrics.configure(settings)  # the shared metrics directory, exported to the children (docs/metrics.md)
     metrics.reset_multiproc_dir()  # metric files of processes that are gone (a previous run)
-    env = dict(os.environ, RXGATE_BROKER_URL=url, RXGATE_EMBEDDED="0")
+    env = dict(os.environ, RXGATE_BROKER_URL=url, RXGATE_STREAM_URL=stream_url, RXGATE_EMBEDDED="0")
     me = [sys.executable, "-m", "workers.cli"]
     children: dict[str, subprocess.Popen] = {}
     if not args.no_worker:
@@ -246,8 +251,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _configure_logging(settings)
     metrics.configure(settings)  # before the pool forks: its children count into the same directory
     from workers.queue.celery_app import QUEUE, get_app
+    from workers.queue.embedded import UnsupportedBroker
 
-    app = get_app()
+    try:
+        app = get_app()
+    except UnsupportedBroker as exc:
+        raise UsageError(str(exc)) from None
     argv = ["worker", "-Q", QUEUE, "-l", settings.log_level.upper(), "-n", f"rxgate-{os.getpid()}@%h",
             "--without-gossip", "--without-mingle"]
     if args.concurrency:
@@ -281,6 +290,13 @@ def cmd_bridge(args: argparse.Namespace) -> int:
                 return 1
     client = broker_client(settings, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
     settle_heap()
+    from workers.queue.embedded import is_amqp
+
+    if is_amqp(settings):  # RabbitMQ's dead-lettered tasks join rxgate:deadletter (workers/queue/amqp_deadletters.py)
+        from workers.queue.amqp_deadletters import drain
+
+        threading.Thread(target=drain, args=(settings, settings.broker_url, client, stop), daemon=True,
+                         name="amqp-deadletters").start()
     Bridge(service, client, settings, stop=stop).run()
     return 0
 
@@ -302,7 +318,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     import redis
 
     from workers.queue.bridge import Streams
-    from workers.queue.embedded import resolve_broker_url
+    from workers.queue.embedded import resolve_stream_url
     from workers.queue.sentinel import broker_client
 
     settings = _settings()
@@ -310,7 +326,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if timeout <= 0:
         raise UsageError("--timeout must be positive")
     inputs = read_inputs(args.paths)  # every file read before anything is sent (exit 2 otherwise)
-    url = resolve_broker_url(settings)
+    url = resolve_stream_url(settings)
     streams = Streams.from_settings(settings)
     client = broker_client(settings, socket_connect_timeout=5, socket_timeout=max(timeout, 5) + 5)
     try:
@@ -385,7 +401,9 @@ def cmd_health(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status))
     else:
-        for part in ("broker", "database"):
+        for part in ("broker", "database", "streams"):
+            if part not in status:
+                continue
             s = status[part]
             print(f"{part:<9} {'ok  ' if s['ok'] else 'FAIL'} {s['url']}  {s['detail']}")
     return 0 if status["status"] == "ok" else 1

@@ -4,7 +4,8 @@
     POST /operator/deadletters/resend    {"ids": [...]} or {"all": true}   -> {"done": [...], "refused": {id: why}}
     POST /operator/deadletters/drop      {"ids": [...], "reason": "..."}  -> {"done": [...], "refused": {id: why}}
 
-Operators see ids, reasons and control ids, never message text. The dead-letter stream is the app's
+Role `operator` (an auditor's credential gets 403). Operators see ids, reasons and control ids, never
+message text. The dead-letter stream is the app's
 `state.dead_letters` (a callable giving a `workers.queue.deadletters.DeadLetters`; `rxgate serve`
 sets it from the settings); without it the routes answer 503 naming what is missing.
 """
@@ -15,11 +16,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field, model_validator
 
-from workers.http.auth import require_role
+from workers.http.auth import Principal, require_role
 
-__all__ = ["require_operator", "router"]
+__all__ = ["router"]
 
-require_operator = require_role("operator")  # docs/interfaces.md §5 "Access": 401 without, 403 without the role
+Operator = Annotated[Principal, Depends(require_role("operator"))]  # docs/interfaces.md §5 "Access"
 
 _ID = r"^\d{1,20}-\d{1,20}$"  # a Redis stream entry id
 
@@ -54,8 +55,9 @@ def _handled(handled) -> dict[str, Any]:
     return {"done": handled.done, "refused": handled.refused}
 
 
-router = APIRouter(prefix="/operator", tags=["operators"], dependencies=[Depends(require_operator)],
+router = APIRouter(prefix="/operator", tags=["operators"], dependencies=[Depends(require_role("operator"))],
                    responses={401: {"description": "missing or wrong credential"},
+                              403: {"description": "the credential lacks the `operator` role"},
                               503: {"description": "the dead-letter stream is not configured or does not answer"}})
 
 
@@ -71,8 +73,8 @@ def resend_dead_letters(request: Request, body: ResendIn) -> dict[str, Any]:
 
 
 @router.post("/deadletters/drop", summary="remove dead letters, recorded in the audit log")
-def drop_dead_letters(request: Request, body: DropIn) -> dict[str, Any]:
+def drop_dead_letters(request: Request, body: DropIn, operator: Operator) -> dict[str, Any]:
     letters = _dead_letters(request)
     letters.store = request.app.state.store
-    who = f"http {request.client.host if request.client else '?'}"
+    who = f"{operator.name} (http {request.client.host if request.client else '?'})"
     return _handled(letters.drop(body.ids, body.reason, by=who))

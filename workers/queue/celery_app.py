@@ -32,11 +32,59 @@ import logging
 from celery import Celery
 
 from workers.queue import sentinel
-from workers.queue.embedded import resolve_broker_url
+from workers.queue.embedded import broker_kind, resolve_broker_url, resolve_stream_url
 from workers.settings import Settings
 
 QUEUE = "rxgate.orders"
 TASK = "rxgate.validate"
+# RabbitMQ: where the quorum queue puts a message delivered more than RXGATE_AMQP_DELIVERY_LIMIT times
+# (a task whose worker keeps dying on it), through the exchange rxgate.orders.dlx; the stream bridge drains
+# it into rxgate:deadletter.
+DEAD_EXCHANGE = "rxgate.orders.dlx"
+DEAD_QUEUE = "rxgate.orders.dead"
+
+log = logging.getLogger("rxgate.celery")
+
+
+def amqp_queues(settings: Settings):
+    """The quorum queue `rxgate.orders` (and its dead-letter queue), as Celery declares them."""
+    from kombu import Exchange, Queue
+
+    # a topic exchange: Celery's native delayed delivery (a retry's countdown on a quorum queue, which
+    # cannot raise the prefetch for ETA tasks) works only with topic exchanges
+    return Queue(QUEUE, Exchange(QUEUE, type="topic", durable=True), routing_key=QUEUE, durable=True,
+                 queue_arguments={"x-queue-type": "quorum", "x-delivery-limit": settings.amqp_delivery_limit,
+                                  "x-dead-letter-exchange": DEAD_EXCHANGE,
+                                  "x-dead-letter-routing-key": DEAD_QUEUE}), dead_queue()
+
+
+def dead_queue():
+    from kombu import Exchange, Queue
+
+    return Queue(DEAD_QUEUE, Exchange(DEAD_EXCHANGE, type="direct", durable=True), routing_key=DEAD_QUEUE,
+                 durable=True, queue_arguments={"x-queue-type": "quorum"})
+
+
+def _amqp_conf(app: Celery, settings: Settings) -> None:
+    """RabbitMQ: quorum queue with a delivery limit and a dead-letter exchange, publisher confirms. A worker
+    that dies closes its connection, so RabbitMQ redelivers its unacked tasks at once (no visibility timeout)."""
+    orders, dead = amqp_queues(settings)
+    app.conf.update(
+        task_queues=(orders,),
+        task_create_missing_queues=False,
+        broker_transport_options={"confirm_publish": True},  # send_task returns once RabbitMQ has it
+        worker_detect_quorum_queues=True,  # per-consumer prefetch (quorum queues refuse a global QoS)
+        broker_heartbeat=30,
+    )
+
+    from celery import signals
+
+    def declare_dead_letters(sender=None, **_kw):  # the exchange must exist before a message is dead-lettered
+        with app.connection_for_write() as conn:
+            dead.bind(conn.default_channel).declare()
+
+    signals.worker_ready.connect(declare_dead_letters, weak=False)
+    app.rxgate_declare_dead_letters = declare_dead_letters
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -44,9 +92,17 @@ def make_app(settings: Settings | None = None) -> Celery:
     sentinel_options: dict = {}
     if sentinel.enabled(settings):  # RXGATE_BROKER_SENTINELS: failover via Redis Sentinel (docs/scale-out.md)
         broker, sentinel_options = sentinel.celery_broker(settings)
+        amqp = False
     else:
-        broker = resolve_broker_url(settings)
-    app = Celery("rxgate", broker=broker, backend=broker)
+        broker = resolve_broker_url(settings)  # an unsupported scheme raises UnsupportedBroker, by name
+        amqp = broker_kind(broker) == "amqp"
+    # results: RXGATE_RESULT_BACKEND, else the Redis broker (with RabbitMQ: the streams' Redis)
+    backend = settings.result_backend or (resolve_stream_url(settings) if amqp else broker)
+    if not amqp and settings.visibility_timeout < settings.retry_max_delay + 60:
+        log.warning("RXGATE_VISIBILITY_TIMEOUT %.0f s is below RXGATE_RETRY_MAX_DELAY + 60 s: a retried task "
+                    "waiting for its countdown can be delivered twice (harmless, the message key answers it)",
+                    settings.visibility_timeout)
+    app = Celery("rxgate", broker=broker, backend=backend)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -75,6 +131,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         timezone="UTC",
         enable_utc=True,
     )
+    if amqp:
+        _amqp_conf(app, settings)
     if settings.worker_concurrency > 0:
         app.conf.worker_concurrency = settings.worker_concurrency
     app.rxgate_settings = settings  # read by the task

@@ -48,9 +48,45 @@ def recorded_url(settings: Settings) -> str | None:
     return url or None
 
 
+class UnsupportedBroker(ValueError):
+    """RXGATE_BROKER_URL names a transport rxgate does not run on: refused at start-up in one line."""
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
+def broker_kind(url: str) -> str:
+    """"redis" or "amqp" (RabbitMQ) for a broker URL; `UnsupportedBroker` naming it otherwise."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in REDIS_SCHEMES:
+        return "redis"
+    if scheme in AMQP_SCHEMES:
+        return "amqp"
+    shown = url.split("@")[-1] if "@" in url else url
+    raise UnsupportedBroker(f"RXGATE_BROKER_URL {shown!r}: unsupported broker (use redis://, rediss:// or "
+                            "amqp://, amqps:// for RabbitMQ)")
+
+
+def is_amqp(settings: Settings) -> bool:
+    return bool(settings.broker_url) and not settings.embedded and broker_kind(settings.broker_url) == "amqp"
+
+
+def resolve_stream_url(settings: Settings) -> str:
+    """The Redis of the streams, MLLP, HTTP verdicts and (by default) Celery results: RXGATE_STREAM_URL,
+    else the Redis broker; with RabbitMQ as the broker, resolved as if no broker were configured (the
+    local Redis, else the embedded one)."""
+    if settings.stream_url:
+        return settings.stream_url
+    if is_amqp(settings):
+        return resolve_broker_url(settings.model_copy(update={"broker_url": ""}))
+    return resolve_broker_url(settings)
+
+
 def resolve_broker_url(settings: Settings) -> str:
     """The broker URL to use, without starting anything (see the module docstring)."""
     if settings.broker_url and not settings.embedded:
+        broker_kind(settings.broker_url)  # an unsupported scheme is refused here, by name
         return settings.broker_url
     recorded = recorded_url(settings)
     if settings.embedded:
@@ -133,6 +169,14 @@ class EmbeddedRedis:
                 (self.var_dir / "redis.url").unlink()
         except OSError:
             pass
+
+
+def ensure_streams(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
+    """For `serve` with RabbitMQ as the broker: the streams' Redis (RXGATE_STREAM_URL, the local one, or a
+    private Redis started now)."""
+    if settings.stream_url:
+        return settings.stream_url, None
+    return ensure_broker(settings.model_copy(update={"broker_url": ""}))
 
 
 def ensure_broker(settings: Settings) -> tuple[str, EmbeddedRedis | None]:

@@ -77,6 +77,6 @@ def broker_client(settings: Settings, **kwargs: Any):
         return master_client(settings, **kwargs)
     import redis
 
-    from workers.queue.embedded import resolve_broker_url
+    from workers.queue.embedded import resolve_stream_url
 
-    return redis.Redis.from_url(resolve_broker_url(settings), **kwargs)
+    return redis.Redis.from_url(resolve_stream_url(settings), **kwargs)

@@ -19,7 +19,7 @@ one Lua script: two resends at once on two listeners queue one entry.
 
 Use (an asyncio application; one `Verdicts` per process, started and closed with it):
 
-    verdicts = Verdicts.connect(settings, resolve_broker_url(settings))
+    verdicts = Verdicts.connect(settings, resolve_stream_url(settings))
     await verdicts.start()
     try:
         submission, hl7 = await verdicts.judge(raw_message, settings.mllp_timeout)  # verdict or timeout AR

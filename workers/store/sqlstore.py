@@ -36,6 +36,7 @@ from workers.store.schema import (
     HistoryRow,
     MessageKeyRow,
     MessageRow,
+    OverrideRow,
     ResponseRow,
     VerdictRow,
     clean_text,
@@ -271,6 +272,9 @@ class SqlStore:
         findings = [f for r in records for f in r.findings]
         if findings:
             s.execute(insert(FindingRow), findings)
+        overridden = [o for r in records for o in r.overrides]
+        if overridden:
+            s.execute(insert(OverrideRow), overridden)
         s.execute(insert(ChainRow), [r.chain for r in records])
         keyed = [r for r in records if r.key is not None]
         if keyed:

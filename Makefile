@@ -46,6 +46,9 @@ soak: install
 	RXGATE_SOAK_KILLS=$${RXGATE_SOAK_KILLS:-200} RXGATE_TEST_OUTAGE_S=$${RXGATE_TEST_OUTAGE_S:-120} \
 		RXGATE_FAULT_REPORT=$${RXGATE_FAULT_REPORT:-$(CURDIR)/var/fault-report.jsonl} \
 		$(PY) -m pytest -q -p no:cacheprovider tests/integration/test_faults.py
+	RXGATE_SOAK_ORDER_MESSAGES=$${RXGATE_SOAK_ORDER_MESSAGES:-3000} \
+		RXGATE_FAULT_REPORT=$${RXGATE_FAULT_REPORT:-$(CURDIR)/var/fault-report.jsonl} \
+		$(PY) -m pytest -q -p no:cacheprovider -p no:logging tests/adapters/test_crash_order.py
 	RXGATE_FUZZ_SCALE=$${RXGATE_FUZZ_SCALE:-50} $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_fuzz.py
 
 # Known vulnerabilities in the pinned dependencies (requirements.lock) with pip-audit. It needs PyPI's

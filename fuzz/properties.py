@@ -34,7 +34,10 @@ def check_outcomes(outcomes) -> None:
         assert outcome.ack_code in ("AA", "AE", "AR"), result
         assert not any(f["rule"] == "rxgate.internal_error" for f in result["findings"]), result["findings"]
         response = outcome.response
-        assert response.isascii(), "responses are ASCII"
+        msh = response.split("\r", 1)[0].split("|")
+        if len(msh) < 18 or msh[17] != "UNICODE UTF-8":
+            assert response.isascii(), "responses are ASCII unless they declare MSH-18 UNICODE UTF-8"
+        response.encode("utf-8")  # and always encodable as UTF-8 (no lone surrogates)
         assert response.startswith("MSH|^~\\&|") and response.endswith("\r")
         parsed = hl7.parse(response)
         assert str(parsed.segment("MSA")[1]) == outcome.ack_code

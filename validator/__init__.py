@@ -7,7 +7,7 @@ ports (`validator.history.Store`) implemented in `workers/`.
 from .errors import MessageRejected, ProtocolError
 from .history import BatchedStore, InMemoryStore, Store
 from .protocol import Protocol, load_protocol
-from .service import Outcome, process_message, process_text
+from .service import Outcome, process_delivery, process_message, process_text
 from .verdict import Judgement, judge
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Store",
     "judge",
     "load_protocol",
+    "process_delivery",
     "process_message",
     "process_text",
 ]

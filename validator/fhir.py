@@ -47,7 +47,7 @@ from pydantic import ValidationError
 from .drugs import is_protocol_drug
 from .findings import Finding, finding
 from .history import HistoryEntry
-from .hl7time import format_datetime
+from .hl7time import format_datetime, wall_clock_instant
 from .model import Coded, Location, Observation, Order, OrderSet, Patient, Quantity
 from .protocol import ProtocolSet
 from .reader import text_quantity
@@ -207,10 +207,12 @@ def _quantity_unit(q: Any) -> Coded:
 def _instant(value: Any, tz: tzinfo) -> datetime | None:
     """A FHIR dateTime/instant: aware as sent; a date alone is midnight in the service's zone (as HL7's
     YYYYMMDD); a partial date (YYYY, YYYY-MM) cannot be placed: None."""
+    # A wall-clock time becomes an exact instant with the zone's offset on that date (its earliest reading
+    # when the zone skips or repeats it), as HL7 times do (validator/hl7time.py).
     if isinstance(value, datetime):
-        return value if value.tzinfo is not None else value.replace(tzinfo=tz)
+        return value if value.tzinfo is not None else wall_clock_instant(value, tz)
     if isinstance(value, date):
-        return datetime.combine(value, time.min, tzinfo=tz)
+        return wall_clock_instant(datetime.combine(value, time.min), tz)
     return None
 
 

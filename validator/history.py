@@ -36,6 +36,8 @@ class HistoryEntry(BaseModel):
     amount_units: str = ""
     route: str = ""
     as_needed: bool = False
+    accepted_at: datetime | None = None  # MSH-7 of the accepting message (else when it was received)
+    fingerprint: str = ""  # validator.resend.order_fingerprint: tells a resend from other content
 
 
 class Cancellation(BaseModel):
@@ -112,11 +114,22 @@ class Store(PortProtocol):
         a replacement XO carries the same placer number as the order it replaces.
         """
 
-    def record_delivery(self, key: MessageKey, received_at: datetime) -> None:
-        """Log one more delivery of an already answered message."""
+    def record_delivery(self, key: MessageKey, received_at: datetime, delivery_id: str | None = None) -> None:
+        """Log one more delivery of an already answered message (`delivery_id`: which one, kept unique)."""
 
-    def save_all(self, batch: list[ProcessedMessage], deliveries: list[tuple[MessageKey, datetime]] = ()) -> None:
-        """`save` of every message in order and `record_delivery` of every delivery, atomically: all or nothing."""
+    def answer_for_delivery(self, delivery_id: str) -> dict[str, Any] | None:
+        """The result already given to this delivery (a stream entry, a Celery task...), or None: a
+        delivery redelivered after a crash between its commit and its acknowledgement is answered
+        again from the store, never recorded twice."""
+
+    def save_all(self, batch: list[ProcessedMessage], deliveries: list[tuple] = ()) -> None:
+        """`save` of every message in order and `record_delivery` of every delivery (key, received
+        time[, delivery id]), atomically: all or nothing."""
+
+
+class DeliveryTaken(Exception):
+    """Another worker recorded the same delivery first (a takeover racing a slow consumer): nothing
+    was written; processing it again finds that worker's answer (`answer_for_delivery`)."""
 
 
 class BatchedStore:
@@ -133,7 +146,8 @@ class BatchedStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.held: list[ProcessedMessage] = []
-        self.deliveries: list[tuple[MessageKey, datetime]] = []
+        self.deliveries: list[tuple] = []
+        self._delivery_ids: set[str] = set()
         self._patients: set[str] = set()
         self._keys: set[tuple[str, str, str, str]] = set()
         self.staged = 0  # writes handed to this store so far (messages and deliveries)
@@ -149,16 +163,25 @@ class BatchedStore:
             self.flush()
         return self.store.orders_for(patient_key)
 
+    def answer_for_delivery(self, delivery_id: str) -> dict[str, Any] | None:
+        if delivery_id in self._delivery_ids:
+            self.flush()
+        return self.store.answer_for_delivery(delivery_id)
+
     def save(self, processed: ProcessedMessage) -> None:
         if processed.key is not None:
             self._keys.add(InMemoryStore._slot(processed.key))
         if processed.patient_key:
             self._patients.add(processed.patient_key)
+        if processed.delivery_id:
+            self._delivery_ids.add(processed.delivery_id)
         self.held.append(processed)
         self.staged += 1
 
-    def record_delivery(self, key: MessageKey, received_at: datetime) -> None:
-        self.deliveries.append((key, received_at))
+    def record_delivery(self, key: MessageKey, received_at: datetime, delivery_id: str | None = None) -> None:
+        self.deliveries.append((key, received_at, delivery_id))
+        if delivery_id:
+            self._delivery_ids.add(delivery_id)
         self.staged += 1
 
     def flush(self) -> None:
@@ -168,6 +191,7 @@ class BatchedStore:
         self.held, self.deliveries = [], []
         self._patients.clear()
         self._keys.clear()
+        self._delivery_ids.clear()
         self.store.save_all(held, deliveries)  # raises: the held writes are dropped, never written
         self.written = staged
 
@@ -182,6 +206,7 @@ class InMemoryStore:
         self.removed: list[HistoryEntry] = []
         self.audit: list[ProcessedMessage] = []
         self.deliveries: list[tuple[MessageKey, datetime]] = []
+        self.by_delivery: dict[str, dict[str, Any]] = {}  # delivery id -> the result it was given
 
     @staticmethod
     def _slot(key: MessageKey) -> tuple[str, str, str, str]:
@@ -193,8 +218,13 @@ class InMemoryStore:
     def orders_for(self, patient_key: str) -> list[HistoryEntry]:
         return list(self.orders.get(patient_key, []))
 
+    def answer_for_delivery(self, delivery_id: str) -> dict[str, Any] | None:
+        return self.by_delivery.get(delivery_id)
+
     def save(self, processed: ProcessedMessage) -> None:
         with self._lock:
+            if processed.delivery_id is not None and processed.delivery_id in self.by_delivery:
+                raise DeliveryTaken(processed.delivery_id)
             if processed.key is not None:
                 slot = self._slot(processed.key)
                 if slot in self.answers:
@@ -213,23 +243,36 @@ class InMemoryStore:
             for entry in processed.new_orders:
                 self.orders.setdefault(entry.patient_key, []).append(entry)
             self.audit.append(processed)
+            if processed.delivery_id is not None:
+                self.by_delivery[processed.delivery_id] = processed.result
 
-    def record_delivery(self, key: MessageKey, received_at: datetime) -> None:
+    def record_delivery(self, key: MessageKey, received_at: datetime, delivery_id: str | None = None) -> None:
         with self._lock:
-            self.deliveries.append((key, received_at))
+            self._record_delivery(key, received_at, delivery_id)
 
-    def save_all(self, batch: list[ProcessedMessage], deliveries: list[tuple[MessageKey, datetime]] = ()) -> None:
+    def _record_delivery(self, key: MessageKey, received_at: datetime, delivery_id: str | None = None) -> None:
+        if delivery_id is not None:
+            if delivery_id in self.by_delivery:
+                raise DeliveryTaken(delivery_id)
+            stored = self.answers.get(self._slot(key))
+            if stored is not None:
+                self.by_delivery[delivery_id] = stored.result
+        self.deliveries.append((key, received_at))
+
+    def save_all(self, batch: list[ProcessedMessage], deliveries: list[tuple] = ()) -> None:
         with self._lock:
             slots = [self._slot(p.key) for p in batch if p.key is not None]
             taken = [slot for slot in slots if slot in self.answers]
             if taken or len(set(slots)) < len(slots):
                 raise KeyTaken(taken[0] if taken else slots[0])  # nothing written
             before = ({k: list(v) for k, v in self.orders.items()}, dict(self.answers), list(self.removed),
-                      list(self.audit), list(self.deliveries))
+                      list(self.audit), list(self.deliveries), dict(self.by_delivery))
             try:
                 for processed in batch:
                     self.save(processed)
+                for delivery in deliveries:
+                    self._record_delivery(*delivery)
             except BaseException:
-                self.orders, self.answers, self.removed, self.audit, self.deliveries = before  # all or nothing
+                (self.orders, self.answers, self.removed, self.audit, self.deliveries,
+                 self.by_delivery) = before  # all or nothing
                 raise
-            self.deliveries.extend(deliveries)

@@ -46,6 +46,11 @@ def _readings(wall: datetime, tz: tzinfo) -> list[datetime]:
     return sorted({_fixed(wall.replace(tzinfo=tz, fold=fold)) for fold in (0, 1)})
 
 
+def wall_clock_instant(wall: datetime, tz: tzinfo) -> datetime:
+    """The earliest instant a naive wall-clock time names in `tz`, with a fixed UTC offset."""
+    return _readings(wall, tz)[0]
+
+
 def parse_moment(raw: str, tz: tzinfo) -> Moment | None:
     """`YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]` as the instants it may name; without an offset it is in `tz`.
 

@@ -101,6 +101,13 @@ class Observation(_Model):
         return self.status.upper() in ("F", "C")
 
 
+class Note(_Model):
+    """One NTE: its NTE-3 text and where it is."""
+
+    text: str
+    location: Location
+
+
 class Timing(_Model):
     """Timing of one order, from TQ1 (v2.5+) or the TQ of RXE-1 / ORC-7 (v2.3/2.4)."""
 
@@ -158,6 +165,8 @@ class Order(_Model):
     has_give: bool = False  # the group has an RXE, RXO (or OBR): something to validate
     indication: Coded = Coded()  # RXE-27 give indication (may name the protocol)
     notes: list[str] = []  # NTE-3 texts in the order group
+    give_notes: list[Note] = []  # the NTEs directly after the order's RXE (or RXO): overrides
+    verified_by: str = ""  # ORC-11.1 (verified by): who verified an override
     orc_location: Location | None = None
     # Raw segment lines echoed in the response (ORC, RXE or RXO, RXR).
     echo_lines: list[str] = []
@@ -210,6 +219,8 @@ class OrderSet(_Model):
     receiving_facility: str = ""
     message_time: datetime | None = None  # MSH-7 (its earliest instant)
     message_time_latest: datetime | None = None
+    character_set: str = ""  # MSH-18 (first repetition), upper case: "UNICODE UTF-8" asks for UTF-8 answers
+    response_hd: list[str] = []  # MSH-3..6 re-encoded with `^~\\&`, the response's encoding characters
     patient: Patient = Field(default_factory=Patient)
     pid_line: str = ""
     orders: list[Order] = []

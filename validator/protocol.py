@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ProtocolError
 
@@ -203,6 +203,11 @@ class Units(_Strict):
     duration_seconds: dict[str, Decimal]  # duration units (TQ1-6, rates) to seconds
 
 
+# The rules a protocol may mark overridable: never eligibility, CD33, the schedule, the patient,
+# the order set cascade or the HL7 checks (docs/protocol.md, "Overrides with a reason").
+OVERRIDABLE_RULES = ("go.dose", "go.route", "go.infusion", "go.premedication", "go.wbc", "go.liver", "go.hsct")
+
+
 class Protocol(_Strict):
     id: str
     title: str
@@ -227,7 +232,19 @@ class Protocol(_Strict):
     hsct: Hsct
     observations: ObservationSettings
     units: Units
+    # Overrides with a reason (docs/protocol.md): rules a GO order may override with an NTE and a
+    # verifier (ORC-11) listed here. Only OVERRIDABLE_RULES may be marked; the bundled files mark none.
+    overridable: list[str] = []
+    override_verifiers: list[str] = []
     version: str = ""  # SHA-256 of the file, set by the loader
+
+    @field_validator("overridable")
+    @classmethod
+    def _only_overridable_rules(cls, rules: list[str]) -> list[str]:
+        refused = [r for r in rules if r not in OVERRIDABLE_RULES]
+        if refused:
+            raise ValueError(f"{', '.join(refused)} cannot be marked overridable (only {', '.join(OVERRIDABLE_RULES)})")
+        return rules
 
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "protocols"

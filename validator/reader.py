@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from .er7 import Encoding, RawMessage, Segment, escape, unescape
 from .errors import MessageRejected
 from .hl7time import Moment, parse_date, parse_datetime, parse_moment
-from .model import Coded, Component, Location, Observation, Order, OrderSet, Patient, Quantity, Timing
+from .model import Coded, Component, Location, Note, Observation, Order, OrderSet, Patient, Quantity, Timing
 
 SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
 SUPPORTED_TYPES = {"RDE": ("O11", "O25", "O01"), "OMP": ("O09",), "ORM": ("O01",)}
@@ -63,7 +63,79 @@ def read_header(raw: RawMessage, tz: tzinfo) -> OrderSet:
         receiving_facility=msh.field(6),
         message_time=parse_datetime(msh.field(7), tz),
         message_time_latest=_latest(parse_moment(msh.field(7), tz)),
+        character_set=msh.component(18, 1).upper(),
+        response_hd=[reencode_field(msh.field(n), msh.enc) for n in (3, 4, 5, 6)],
     )
+
+
+# The longest value of each field the store keeps in a column (workers/store/schema.py: every column is
+# longer, a test checks). HL7 v2.7's conformance lengths: ST 199, HD 227, MSG 15 (100 here). A longer
+# value is answered AR hl7.size and audited without it (the raw message keeps everything): never a
+# database error, retried and dead-lettered. name -> (field, limit in characters)
+STORED_FIELD_LIMITS = {
+    "control_id": ("MSH-10", 199),
+    "sending_application": ("MSH-3", 227),
+    "sending_facility": ("MSH-4", 227),
+    "sender": ("MSH-3 and MSH-4", 455),
+    "message_type": ("MSH-9", 97),
+    "patient_id": ("PID-3", 199),
+    "patient_key": ("PID-3 with its assigning authority", 427),
+    "placer_number": ("ORC-2", 199),
+    "placer_namespace": ("ORC-2.2", 227),
+    "drug_code": ("RXE-2", 199),
+    "drug_text": ("RXE-2.2", 997),
+}
+_HEADER_SEGMENTS = {"control_id": ("MSH", 10), "sending_application": ("MSH", 3), "sending_facility": ("MSH", 4),
+                    "sender": ("MSH", 3), "message_type": ("MSH", 9)}
+
+
+def _too_long(name: str, value: str) -> MessageRejected | None:
+    where, limit = STORED_FIELD_LIMITS[name]
+    if len(value) <= limit:
+        return None
+    segment, field = _HEADER_SEGMENTS.get(name, (where[:3], None))
+    return MessageRejected("hl7.size", "207", f"{where} is {len(value)} characters long: at most {limit} are "
+                           "accepted", segment, field)
+
+
+def check_header_lengths(header: OrderSet) -> None:
+    """MSH fields the store keeps, within `STORED_FIELD_LIMITS`; else `MessageRejected` (AR hl7.size)."""
+    values = {"control_id": header.control_id, "sending_application": header.sending_application,
+              "sending_facility": header.sending_facility, "sender": header.sender,
+              "message_type": header.message_type}
+    for name, value in values.items():
+        problem = _too_long(name, value)
+        if problem:
+            raise problem
+
+
+def check_stored_lengths(order_set: OrderSet) -> None:
+    """The patient and order fields the store keeps, within `STORED_FIELD_LIMITS`; else `MessageRejected`."""
+    values = [("patient_id", order_set.patient.id), ("patient_key", order_set.course_key)]
+    for order in order_set.orders:
+        values += [("placer_number", order.placer_number), ("placer_namespace", order.placer_namespace),
+                   ("drug_code", order.drug.code or ""), ("drug_text", order.drug.text or "")]
+    for name, value in values:
+        problem = _too_long(name, value or "")
+        if problem:
+            raise problem
+
+
+def within_stored_lengths(header: OrderSet) -> OrderSet:
+    """The header with every over-long value emptied: what an AR for it may keep in the columns."""
+    empty = {name: "" for name in ("control_id", "sending_application", "sending_facility", "message_type")
+             if len(getattr(header, name)) > STORED_FIELD_LIMITS[name][1]}
+    if len(header.sender) > STORED_FIELD_LIMITS["sender"][1]:
+        empty.update(sending_application="", sending_facility="")
+    return header.model_copy(update=empty) if empty else header
+
+
+def patient_within_stored_lengths(patient: Patient) -> Patient:
+    """The patient an AR keeps (§5: what could be read), or none when PID-3 is too long to store."""
+    if len(patient.id) > STORED_FIELD_LIMITS["patient_id"][1] or \
+            len(patient.key) > STORED_FIELD_LIMITS["patient_key"][1]:
+        return Patient()
+    return patient
 
 
 PROCESSING_IDS = ("P", "T", "D")  # production, training, debugging (docs/protocol.md, Processing id)
@@ -162,13 +234,18 @@ def read_order_set(raw: RawMessage, tz: tzinfo) -> OrderSet:
             states.append(current)
         elif name == "NTE" and current is not None:
             current.order.notes.append(_leaf_text(seg, 3))
+            if current.after_give:  # an NTE directly after the RXE (or RXO): it may override a rule
+                current.order.give_notes.append(
+                    Note(text=_leaf_text(seg, 3), location=Location(segment="NTE", occurrence=seg.occurrence, field=3)))
         elif name in ("RXE", "RXO", "RXR", "TQ1", "RXC", "OBR"):
             # An RXE/RXO without its own ORC (seen in older ORM traffic) starts an order of its own.
             if current is None or (name == "RXE" and current.rxe) or (name == "RXO" and current.rxo):
                 current = _OrderState(_new_order(len(states), None))
                 states.append(current)
             _read_order_segment(current, seg, tz)
-        elif name == "OBX":
+        if current is not None and name != "NTE":
+            current.after_give = name in ("RXE", "RXO")
+        if name == "OBX":
             observations.append(_read_observation(seg, current.order.index if current else None, tz))
     orders = [state.finish(tz) for state in states]
     if not any(o.has_give or o.control in ("CA", "DC") for o in orders):
@@ -191,6 +268,7 @@ def _new_order(index: int, orc: Segment | None) -> Order:
         placer_namespace=orc.component(2, 2),
         filler_number=orc.component(3, 1),
         placer_group=orc.component(4, 1),
+        verified_by=orc.component(11, 1).strip(),
         orc_location=Location(segment="ORC", occurrence=orc.occurrence, field=1),
         orc_line=reencode(orc),
     )
@@ -206,6 +284,7 @@ class _OrderState:
         self.rxo: Segment | None = None
         self.tq1_before: Segment | None = None  # TIMING group (before RXO)
         self.tq1_after: Segment | None = None  # TIMING_ENCODED group (after RXE)
+        self.after_give = False  # the last segment read was the RXE/RXO (or an NTE right after it)
         self.tq1_count = 0  # every TQ1 of the group: more than one plans more than one start
         self.rxr_before: list[Segment] = []
         self.rxr_after: list[Segment] = []
@@ -385,6 +464,14 @@ def _set_end(timing: Timing, moment: Moment | None) -> None:
     timing.end_latest = _latest(moment)  # type: ignore[assignment]
 
 
+def readable_patient(raw: RawMessage) -> Patient:
+    """PID-3 (and the rest of `Patient`) of a message that is rejected as a whole, when it can be read:
+    the audit record of an `AR` keeps it (docs/interfaces.md §5, "Rejected messages keep what could be
+    read"). An empty `Patient` when there is no PID."""
+    pid = next((seg for seg in raw.segments()[1:] if seg.name == "PID"), None)
+    return _read_patient(pid) if pid is not None else Patient()
+
+
 def _read_patient(pid: Segment) -> Patient:
     chosen = 0
     reps = pid.repetitions(3)
@@ -475,16 +562,20 @@ def _leaf_text(seg: Segment, n: int) -> str:
 STANDARD = Encoding()
 
 
+def reencode_field(raw: str, enc: Encoding) -> str:
+    """One field written with the standard encoding characters `^~\\&` (the response's)."""
+    if enc == STANDARD:
+        return raw
+    reps = []
+    for rep in raw.split(enc.repetition):
+        comps = ["&".join(escape(unescape(sub, enc)) for sub in comp.split(enc.subcomponent))
+                 for comp in rep.split(enc.component)]
+        reps.append("^".join(comps))
+    return "~".join(reps)
+
+
 def reencode(seg: Segment) -> str:
     """A segment written with the standard encoding characters `|^~\\&` (the response's)."""
     if seg.enc == STANDARD:
         return seg.line
-    out_fields: list[str] = []
-    for raw in seg.fields[1:]:
-        reps = []
-        for rep in raw.split(seg.enc.repetition):
-            comps = ["&".join(escape(unescape(sub, seg.enc)) for sub in comp.split(seg.enc.subcomponent))
-                     for comp in rep.split(seg.enc.component)]
-            reps.append("^".join(comps))
-        out_fields.append("~".join(reps))
-    return seg.name + "|" + "|".join(out_fields)
+    return seg.name + "|" + "|".join(reencode_field(raw, seg.enc) for raw in seg.fields[1:])

@@ -1,7 +1,9 @@
 """One message in, one answer out: read, de-duplicate, judge, respond, store.
 
-The entry points (CLI, Celery task, stream bridge) call `process_message` with
-the store they were wired with. The store write is the commit point: nothing
+The CLI calls `process_text` (a file may hold several messages: one answer
+each); the queue entry points (stream bridge, Celery task, MLLP and HTTP through
+the stream) call `process_delivery`: one delivery, one answer, one audit record,
+recorded once however often the delivery is redelivered. The store write is the commit point: nothing
 is answered that is not stored, and a redelivered message gets its stored
 answer byte for byte (docs/interfaces.md §3).
 """
@@ -17,10 +19,30 @@ from typing import Any
 
 from .er7 import RawMessage, normalise, redelivery_form, split_messages
 from .errors import MessageRejected
-from .history import Cancellation, HistoryChanged, HistoryEntry, KeyTaken, MessageKey, ProcessedMessage, Store
-from .model import Location, OrderSet
+from .history import (
+    Cancellation,
+    DeliveryTaken,
+    HistoryChanged,
+    HistoryEntry,
+    KeyTaken,
+    MessageKey,
+    ProcessedMessage,
+    Store,
+)
+from .model import Location, OrderSet, Patient
 from .protocol import Protocol, ProtocolSet
-from .reader import DEFAULT_LIMITS, Limits, check_limits, read_header, read_order_set
+from .reader import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_header_lengths,
+    check_limits,
+    check_stored_lengths,
+    patient_within_stored_lengths,
+    read_header,
+    read_order_set,
+    readable_patient,
+    within_stored_lengths,
+)
 from .response import build_rejection, build_response
 from .verdict import Judgement, OrderVerdict, judge
 
@@ -53,6 +75,8 @@ class OrderResult:
     order_control: str
     findings: list[dict[str, Any]]
     protocol: dict[str, str] | None = None
+    # overrides with a reason applied to this order (docs/protocol.md): the audit record marks them
+    overrides: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def of(cls, verdict: OrderVerdict) -> OrderResult:
@@ -65,6 +89,7 @@ class OrderResult:
             findings=[f.to_json() for f in verdict.findings],
             protocol=({"id": computed["protocol_id"], "version": computed["protocol_version"]}
                       if "protocol_id" in computed else None),
+            overrides=list(computed.get("overrides") or []),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -77,6 +102,8 @@ class OrderResult:
         }
         if self.protocol is not None:
             out["protocol"] = self.protocol
+        if self.overrides:
+            out["overrides"] = self.overrides
         return out
 
 
@@ -101,7 +128,7 @@ class CheckResult:
             message_type=order_set.message_type,
             ack_code=judgement.ack_code,
             response=response,
-            findings=[f.to_json() for f in judgement.findings],
+            findings=[{**f.to_json(), "order_index": f.order_index} for f in judgement.findings],
             orders=[OrderResult.of(v) for v in judgement.orders],
             patient_id=order_set.patient.id or None,
             protocol={"id": judgement.protocol_id, "version": judgement.protocol_version},
@@ -109,14 +136,15 @@ class CheckResult:
 
     @classmethod
     def rejected(cls, header: OrderSet | None, rule: str, message: str, location: Location | None,
-                 response: str) -> CheckResult:
+                 response: str, patient_id: str | None = None) -> CheckResult:
         return cls(
+            patient_id=patient_id,
             control_id=(header.control_id or None) if header else None,
             message_type=(header.message_type or None) if header else None,
             ack_code="AR",
             response=response,
             findings=[{"rule": rule, "severity": "error", "location": location.short() if location else None,
-                       "message": message}],
+                       "message": message, "order_index": None}],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -125,8 +153,7 @@ class CheckResult:
             "message_type": self.message_type,
             "ack_code": self.ack_code,
         }
-        if self.protocol is not None:
-            out["patient_id"] = self.patient_id
+        out["patient_id"] = self.patient_id
         out["orders"] = [o.to_json() for o in self.orders]
         out["findings"] = self.findings
         if self.protocol is not None:
@@ -212,6 +239,70 @@ def process_text(
     return outcomes
 
 
+def process_delivery(
+    text: str, store: Store, protocol: Protocol | ProtocolSet, *, tz: tzinfo, received_at: datetime | None = None,
+    limits: Limits = DEFAULT_LIMITS, delivery_id: str | None = None,
+) -> Outcome:
+    """One delivery (a stream entry, a Celery task, an MLLP frame, an HTTP body): exactly one outcome.
+
+    A delivery must hold exactly one message: data before its MSH, or a second MSH, is answered with
+    one `AR hl7.structure` for the whole delivery (MSA-2 the first MSH-10 when it can be read), audited
+    once and not stored under the message key, so a clean resend is judged afresh (docs/interfaces.md
+    §3). `delivery_id` (e.g. `stream:<stream>:<entry id>`, `celery:<task id>`) is stored with the record:
+    the same delivery again, after a crash between the commit and the acknowledgement, gets the answer
+    it was given and writes nothing, keyed message or not.
+    """
+    received_at = received_at or datetime.now(tz)
+    if delivery_id is not None:
+        stored = store.answer_for_delivery(delivery_id)
+        if stored is not None:
+            log.info("delivery %s seen before: its answer returned, nothing recorded", delivery_id)
+            return Outcome(stored, redelivered=True)
+        store = _DeliveryStore(store, delivery_id)
+    try:
+        return _process_one(text, store, protocol, tz, received_at, limits)
+    except DeliveryTaken:
+        # another worker committed this delivery while we judged it (a takeover): its answer stands
+        stored = store.answer_for_delivery(delivery_id)
+        if stored is None:
+            raise
+        return Outcome(stored, redelivered=True)
+
+
+def _process_one(text: str, store: Store, protocol: Protocol | ProtocolSet, tz: tzinfo, received_at: datetime,
+                 limits: Limits) -> Outcome:
+    call = Call(store, protocol, tz, received_at, limits)
+    split = split_messages(text)
+    if split.no_msh:
+        return _unparseable(call, text, "no MSH segment found")
+    if split.junk_before_first or len(split.messages) > 1:
+        what = ("unexpected data before the MSH segment" if split.junk_before_first else
+                f"{len(split.messages)} messages in one delivery")
+        try:
+            header = read_header(split.messages[0], tz)
+        except MessageRejected:
+            header = None
+        rejection = Rejection("hl7.structure", "100", f"{what}: send exactly one message per delivery")
+        return _reject(call, None, header, rejection, text, time.perf_counter())
+    return _process(call, split.messages[0])
+
+
+class _DeliveryStore:
+    """The store as one delivery sees it: every record or delivery row it writes carries the delivery id."""
+
+    def __init__(self, store: Store, delivery_id: str) -> None:
+        self.store, self.delivery_id = store, delivery_id
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def save(self, processed: ProcessedMessage) -> None:
+        self.store.save(processed.model_copy(update={"delivery_id": self.delivery_id}))
+
+    def record_delivery(self, key: MessageKey, received_at: datetime, delivery_id: str | None = None) -> None:
+        self.store.record_delivery(key, received_at, self.delivery_id)
+
+
 def process_message(
     raw: RawMessage, store: Store, protocol: Protocol | ProtocolSet, *, tz: tzinfo, received_at: datetime | None = None,
     limits: Limits = DEFAULT_LIMITS,
@@ -226,18 +317,26 @@ def _process(call: Call, raw: RawMessage) -> Outcome:
         header = read_header(raw, call.tz)
     except MessageRejected as exc:
         return _unparseable(call, text, exc.message)
+    try:
+        check_header_lengths(header)
+    except MessageRejected as exc:  # audited without the over-long value, not under a key
+        location = Location(segment=exc.segment, occurrence=1, field=exc.field) if exc.field else None
+        return _reject(call, None, within_stored_lengths(header), Rejection(exc.rule, exc.code, exc.message, location),
+                       text, started)
     key = message_key(header, text)
     if key is not None:
         stored = call.store.answer_for(key)
         if stored is not None:
-            return _answer_again(call, key, stored.content_sha256, stored.result, header, text)
+            return _answer_again(call, key, stored.content_sha256, stored.result, header, text, raw)
     try:
         check_limits(raw, call.limits)
         order_set = read_order_set(raw, call.tz)
+        check_stored_lengths(order_set)
     except MessageRejected as exc:
         location = Location(segment=exc.segment, occurrence=1, field=exc.field) if exc.field else None
         # stored under the key: a redelivery of a rejected message gets the same AR
-        return _reject(call, key, header, Rejection(exc.rule, exc.code, exc.message, location), text, started)
+        return _reject(call, key, header, Rejection(exc.rule, exc.code, exc.message, location), text, started,
+                       patient=readable_patient(raw))
     for attempt in range(1, REJUDGE_ATTEMPTS + 1):
         try:
             outcome = _judge_and_save(call, key, header, order_set, text)
@@ -249,7 +348,8 @@ def _process(call: Call, raw: RawMessage) -> Outcome:
             continue
         except _InternalError:
             message = "not processed: internal error in the validator (logged); resend after it is fixed"
-            return _reject(call, None, header, Rejection(INTERNAL_ERROR_RULE, "207", message), text, started)
+            return _reject(call, None, header, Rejection(INTERNAL_ERROR_RULE, "207", message), text, started,
+                           patient=order_set.patient)
         _log(outcome, started)
         return outcome
     raise AssertionError("unreachable")
@@ -281,7 +381,8 @@ def _unparseable(call: Call, text: str, what: str) -> Outcome:
 
 
 def _answer_again(
-    call: Call, key: MessageKey, stored_sha: str, stored_result: dict[str, Any], header: OrderSet, text: str
+    call: Call, key: MessageKey, stored_sha: str, stored_result: dict[str, Any], header: OrderSet, text: str,
+    raw: RawMessage | None = None,
 ) -> Outcome:
     """A key seen before: the same content gets the stored answer; other content is a duplicate control id."""
     if stored_sha == key.content_sha256:
@@ -294,17 +395,21 @@ def _answer_again(
     )
     rejection = Rejection("hl7.duplicate_control_id", "205", message, Location(segment="MSH", occurrence=1, field=10))
     # not stored under the key (it belongs to the first message), but audited
-    return _reject(call, None, header, rejection, text, time.perf_counter())
+    patient = readable_patient(raw) if raw is not None else Patient()
+    return _reject(call, None, header, rejection, text, time.perf_counter(), patient=patient)
 
 
 def _reject(
-    call: Call, key: MessageKey | None, header: OrderSet | None, rejection: Rejection, text: str, started: float
+    call: Call, key: MessageKey | None, header: OrderSet | None, rejection: Rejection, text: str, started: float,
+    *, patient: Patient | None = None,
 ) -> Outcome:
-    """Answer AR for the message as a whole, audit it, log it."""
+    """Answer AR for the message as a whole, audit it (with the patient when PID-3 was readable), log it."""
     response = build_rejection(header, rejection.rule, rejection.code, rejection.message, rejection.location,
                                call.now())
-    result = CheckResult.rejected(header, rejection.rule, rejection.message, rejection.location, response)
-    outcome = _save(call, key, result, header, text, Writes())
+    patient = patient_within_stored_lengths(patient or Patient())
+    result = CheckResult.rejected(header, rejection.rule, rejection.message, rejection.location, response,
+                                  patient_id=patient.id or None)
+    outcome = _save(call, key, result, header, text, Writes(patient_key=patient.key))
     _log(outcome, started)
     return outcome
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from . import overrides
 from .admixture import admixture_view
 from .drugs import is_protocol_drug, premedication_for
 from .findings import Finding, error, info
@@ -14,6 +15,7 @@ from .history import Cancellation, HistoryEntry
 from .model import Location, Observation, Order, OrderSet
 from .observations import usable_observations
 from .protocol import Protocol, ProtocolSet
+from .resend import DUPLICATE_RULE, RESENT_RULE, accepted_with_identity, order_fingerprint
 from .rules import DOSE_RULES
 from .rules.base import DoseContext
 from .rules.eligibility import age_in_years
@@ -123,6 +125,9 @@ def judge(
         )
     ]
 
+    # The same order sent again (validator/resend.py): answered without judging, never counted twice.
+    to_judge = [v for v in to_judge if not _resent_or_duplicate(v, order_set, course)]
+
     # The protocol of each GO order governs everything about it, its observation validity window included.
     dose_protocols = {v.order.index: p for v in to_judge if v.protocol_order and (p := protocols.for_order(v.order))}
     observations_by_protocol, message_findings = _usable_observations(
@@ -162,14 +167,21 @@ def judge(
             dose_protocols=dose_protocols,
             known_protocols={p.id: p for p in protocols.protocols},
         )
+        found_here: list[Finding] = []
         for rule in DOSE_RULES:
-            for found in rule.check(ctx):
-                verdict.findings.append(_at(found, verdict))
+            found_here.extend(rule.check(ctx))
+        # Overrides with a reason: valid ones turn their rule's errors into warnings; invalid ones refuse.
+        valid_overrides, override_problems = overrides.requested(order, dose_protocol)
+        for found in overrides.apply(found_here, valid_overrides) + override_problems:
+            verdict.findings.append(_at(found, verdict))
+        if valid_overrides:
+            ctx.computed["overrides"] = [o.to_json() for o in valid_overrides]
         verdict.computed = {"protocol_id": dose_protocol.id, "protocol_version": dose_protocol.version, **ctx.computed}
         if any(f.severity == "error" for f in verdict.findings):
             verdict.control = "UA"
         else:
-            accepted_now.append(_history_entry(order, order_set, dose_protocol, protocol_order=True))
+            accepted_now.append(_history_entry(order, order_set, dose_protocol, protocol_order=True,
+                                               accepted_at=requested_at))
 
     # Premedications prepare one GO dose; refusing the dose refuses them too.
     # A GO order refused before judging (unprocessed ORC-1, no RXE) is a refused GO dose too.
@@ -209,7 +221,7 @@ def judge(
     new_orders = list(accepted_now)
     if patient_key:
         new_orders += [
-            _history_entry(v.order, order_set, protocol, protocol_order=False)
+            _history_entry(v.order, order_set, protocol, protocol_order=False, accepted_at=requested_at)
             for v in to_judge if not v.protocol_order and v.control == "OK"
         ]
     else:
@@ -283,7 +295,34 @@ def _placer(order: Order) -> str:
     return order.placer_number or f"order {order.index + 1}"
 
 
-def _history_entry(order: Order, order_set: OrderSet, protocol: Protocol, *, protocol_order: bool) -> HistoryEntry:
+def _resent_or_duplicate(verdict: OrderVerdict, order_set: OrderSet, course: list[HistoryEntry]) -> bool:
+    """Answer an order whose identity is taken by an accepted order: `go.resent` or `go.duplicate_order`."""
+    order = verdict.order
+    accepted = accepted_with_identity(order, order_set.sender, course)
+    if accepted is None:
+        return False
+    when = f"{accepted.accepted_at:%Y-%m-%d}" if accepted.accepted_at else "an earlier date"
+    location = order.orc_location.model_copy(update={"field": 2}) if order.orc_location else None
+    if accepted.fingerprint and accepted.fingerprint == order_fingerprint(order):
+        verdict.control = "OK"
+        verdict.findings.append(_at(info(
+            RESENT_RULE,
+            f"order {order.placer_number} was accepted in message {accepted.control_id} on {when}: "
+            "the same order sent again, not judged or counted again",
+            location, accepted_control_id=accepted.control_id,
+        ), verdict))
+    else:
+        verdict.control = "UA"
+        verdict.findings.append(_at(error(
+            DUPLICATE_RULE,
+            f"order {order.placer_number} was accepted on {when} with other content; change it with XO or cancel it",
+            location, accepted_control_id=accepted.control_id,
+        ), verdict))
+    return True
+
+
+def _history_entry(order: Order, order_set: OrderSet, protocol: Protocol, *, protocol_order: bool,
+                   accepted_at: datetime) -> HistoryEntry:
     return HistoryEntry(
         patient_key=order_set.course_key,
         sender=order_set.sender,
@@ -299,6 +338,8 @@ def _history_entry(order: Order, order_set: OrderSet, protocol: Protocol, *, pro
         amount_units=order.amount_units.code or order.amount_units.text,
         route=(order.route.code or order.route.text) if order.route else "",
         as_needed=order.timing.as_needed,
+        accepted_at=accepted_at,
+        fingerprint=order_fingerprint(order),
     )
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
 
-from validator import Outcome, Store, process_text
+from validator import Outcome, Store, process_delivery
 from validator.er7 import decode
 from validator.protocol import ProtocolSet, load_protocol_set
 from workers import metrics
@@ -34,17 +34,19 @@ class Service:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def process(self, message: str | bytes, received_at: datetime | None = None,
-                store: Store | None = None, observe: bool = True) -> list[Outcome]:
-        """Every message of one queue entry, in order (process_text never raises for bad input).
+                store: Store | None = None, observe: bool = True, delivery_id: str | None = None) -> list[Outcome]:
+        """The one outcome of one delivery (a queue entry, a task), as a list (process_delivery never
+        raises for bad input). `delivery_id`: recorded with it, so a redelivery is answered from the store.
 
         `store`: instead of the service's own, e.g. a `BatchedStore` over it (the stream bridge, which
         then counts the outcomes in the metrics itself once they are written: `observe=False`).
         """
         text = decode(message) if isinstance(message, bytes) else message
         started = time.perf_counter()
-        outcomes = process_text(
-            text, store or self.store, self.protocol, tz=self.tz, received_at=received_at, limits=self.settings.limits
-        )
+        outcomes = [process_delivery(
+            text, store or self.store, self.protocol, tz=self.tz, received_at=received_at,
+            limits=self.settings.limits, delivery_id=delivery_id,
+        )]
         if observe:
             metrics.observe(outcomes, time.perf_counter() - started)  # never raises
         return outcomes

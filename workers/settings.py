@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     store_batch_seconds: float = 0.02  # bridge: a transaction is written (and its entries answered) at least this often
     stream_block_ms: int = 1000  # XREADGROUP block time
     claim_idle: float = 60.0  # XAUTOCLAIM entries another consumer left pending this long
+    heartbeat_ttl: float = 5.0  # a bridge's heartbeat key lives this long: a consumer without one is dead, its entries taken over
     outbound_maxlen: int = 1_000_000  # MAXLEN ~ on rxgate:outbound (inbound and deadletter are never trimmed)
     submit_timeout: float = 30.0  # `rxgate submit`: seconds to wait for each response
     audit_api_port: int = 8080  # `rxgate serve` runs the audit API here when workers.http.app exists

@@ -190,7 +190,8 @@ def test_openapi_describes_the_routes(client):
     spec = client.get("/openapi.json", headers=AUTH).json()
     assert {"/audit/messages", "/audit/messages/{message_id}", "/audit/stats", "/health"} <= set(spec["paths"])
     names = {p["name"] for p in spec["paths"]["/audit/messages"]["get"]["parameters"]}
-    assert names == {"patient", "since", "until", "outcome", "rule", "control_id", "limit", "offset"}
+    assert names == {"patient", "since", "until", "outcome", "rule", "control_id", "overridden", "limit",
+                     "offset"}
     assert "/ui" not in spec["paths"] and "/login" not in spec["paths"]
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
 

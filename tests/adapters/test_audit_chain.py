@@ -25,9 +25,9 @@ def filled(store):
     protocol = load_protocol()
     texts = [
         adult_order_set("V0001"),
-        adult_order_set("V0002", go=go_order(route="PO^Oral^HL70162")),
+        adult_order_set("V0002", mrn="MRN72", go=go_order(route="PO^Oral^HL70162")),  # own patient: not ORD1001 again
         adult_order_set("V0003", mrn="MRN77"),
-        adult_order_set("V0004", go=go_order(dose="30")),
+        adult_order_set("V0004", mrn="MRN74", go=go_order(dose="30")),
     ]
     for i, t in enumerate(texts):
         process_text(t, store, protocol, tz=UTC, received_at=WHEN + timedelta(minutes=i))

@@ -177,8 +177,8 @@ def test_done_when_scenario_end_to_end(tmp_path):
     """check --db, audit --outcome AE lists the refused ones with rule ids, verify, UPDATE, verify names it."""
     files = []
     for name, text in [("ok.hl7", adult_order_set("E0001")),
-                       ("route.hl7", adult_order_set("E0002", go=go_order(route="PO^Oral^HL70162"))),
-                       ("dose.hl7", adult_order_set("E0003", go=go_order(dose="30")))]:
+                       ("route.hl7", adult_order_set("E0002", mrn="MRN72", go=go_order(route="PO^Oral^HL70162"))),
+                       ("dose.hl7", adult_order_set("E0003", mrn="MRN73", go=go_order(dose="30")))]:
         (tmp_path / name).write_text(text)
         files.append(str(tmp_path / name))
     url = f"sqlite:///{tmp_path / 'var' / 't.db'}"

@@ -207,6 +207,7 @@ def test_cli_usage_errors_exit_2(cli, capsys):
 
 @pytest.fixture
 def api(client, tmp_path):
+
     from fastapi.testclient import TestClient
 
     from tests.builders import AUDIT_TOKEN_SHA

@@ -79,3 +79,15 @@ def test_upgrade_recomputes_stored_keys_so_an_old_message_resent_is_recognised(t
     store.dispose()
     assert again.redelivered and again.response == first.response
     assert counts(path)[0] == 1
+
+
+def test_rxgate_audit_patient_finds_a_rejected_message(tmp_path, capsys):
+    from workers.cli import main
+
+    url = f"sqlite:///{tmp_path / 'rx.db'}"
+    store = open_sql_store(url, create=True)
+    assert send(store, with_msh(adult_order_set("ARP1", mrn="MRNAR"), f11="Q")).ack_code == "AR"
+    store.dispose()
+    assert main(["audit", "--db", url, "--patient", "MRNAR", "--format", "json"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert '"ARP1"' in line and '"AR"' in line

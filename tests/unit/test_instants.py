@@ -339,3 +339,11 @@ def test_hsct_is_judged_as_an_exact_duration_from_the_last_dose(go_start, planne
     verdict = go_verdict(dose(go_start, extra_observations=[obx(9, "HSCTDATE^Planned HSCT date^L", planned,
                                                                  value_type="DT", time=_stamp(datetime.strptime(go_start, "%Y%m%d%H%M%S") - timedelta(hours=20)))]))
     assert ("go.hsct" in rules_of(verdict, "warning")) is warned, messages(verdict)
+
+
+def test_fhir_times_without_an_offset_are_exact_instants_too():
+    from validator.fhir import _instant
+
+    before, after = _instant(datetime(2026, 10, 31, 23, 0), NY), _instant(datetime(2026, 11, 1, 3, 0), NY)
+    assert after - before == timedelta(hours=5)
+    assert _instant(datetime(2026, 11, 1, 1, 30), NY).utcoffset() == timedelta(hours=-4)  # the earlier reading

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tests.builders import adult_order_set, go_dose_message, msa, rules_of
 from validator import InMemoryStore, load_protocol, process_text
-from validator.er7 import redelivery_form
+from validator.er7 import Encoding, escape, redelivery_form, unescape
+from validator.response import MSA3_MAX, msa_text, to_ascii
 
 PROTOCOL = load_protocol()
 WHEN = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
@@ -125,3 +129,156 @@ def test_empty_processing_id_is_production_and_answered_p():
 def test_training_with_processing_mode_t_is_accepted():
     outcome = send(InMemoryStore(), with_msh(adult_order_set("E2"), f11="T^T"))
     assert outcome.ack_code == "AA" and msh_fields(outcome.response)[10] == "T^T"
+
+
+# --- the same order, sent again ------------------------------------------------------------------------
+
+
+def test_the_same_order_under_a_new_control_id_is_ok_go_resent_and_counted_once():
+    store = InMemoryStore()
+    first = send(store, go_dose_message("OR1", "20261201"))
+    again = send(store, with_msh(go_dose_message("OR2", "20261201"), f7="20261201091000"))
+    assert first.ack_code == "AA" and again.ack_code == "AA" and not again.redelivered
+    assert {o["order_control"] for o in again.result["orders"]} == {"OK"}
+    resent = [f for f in again.result["findings"] if f["rule"] == "go.resent"]
+    assert len(resent) == 4 and all("OR1" in f["message"] and f["severity"] == "info" for f in resent)
+    assert "go.resent" not in again.response  # info: JSON and audit only, never an ERR
+    course = store.orders["MRN55501^GENHOSP"]
+    assert len(course) == 4 and {e.control_id for e in course} == {"OR1"}
+    # the next dose of the course is judged on one counted dose: day 14 is accepted as the second dose
+    day14 = send(store, go_dose_message("OR3", "20261214", placer="ORD2001"))
+    assert day14.ack_code == "AA", rules_of(day14.result)
+    assert store.audit[-1].computed["ORD2001"]["course_day"] == 14
+
+
+def test_the_same_identity_with_other_content_is_go_duplicate_order():
+    store = InMemoryStore()
+    send(store, go_dose_message("DO1", "20261201"))
+    other = send(store, go_dose_message("DO2", "20261201", start_time="110000"))
+    assert other.ack_code == "AE"
+    go = other.result["orders"][0]
+    assert go["order_control"] == "UA" and "go.duplicate_order" in rules_of(go)
+    assert "change it with XO or cancel it" in other.response
+    assert len([e for e in store.orders["MRN55501^GENHOSP"] if e.protocol_order]) == 1
+
+
+def test_resend_recognition_normalises_amounts_units_and_instants():
+    store = InMemoryStore()
+    send(store, go_dose_message("NM1", "20261201"))
+    text = go_dose_message("NM2", "20261201").replace("|15.2||mg^milligram^UCUM", "|15.20||MG^milligram^UCUM")
+    text = text.replace("TQ1|1|||||240^min|20261201100000|", "TQ1|1|||||240^min|20261201100000+0000|")
+    again = send(store, text)
+    assert again.ack_code == "AA" and "go.resent" in rules_of(again.result["orders"][0], "info")
+
+
+def test_a_training_copy_of_an_order_is_not_a_resend_of_the_production_one():
+    store = InMemoryStore()
+    send(store, go_dose_message("PT1", "20261201"))
+    training = send(store, with_msh(go_dose_message("PT2", "20261201"), f11="T"))
+    assert training.ack_code == "AA" and "go.resent" not in rules_of(training.result["orders"][0], "info")
+
+
+# --- rejected messages keep what could be read -------------------------------------------------------------
+
+
+def test_ar_keeps_patient_sender_and_control_id_when_pid3_was_readable():
+    store = InMemoryStore()
+    outcome = send(store, adult_order_set("AR1", version="2.9"))
+    assert outcome.ack_code == "AR" and outcome.result["patient_id"] == "MRN55501"
+    [record] = store.audit
+    assert (record.patient_key, record.sender, record.control_id) == ("MRN55501^GENHOSP", "PHARMSYS^GENHOSP", "AR1")
+    assert store.orders == {}  # a rejected message adds nothing to the course
+
+
+def test_duplicate_control_id_ar_keeps_the_patient_too():
+    store = InMemoryStore()
+    send(store, adult_order_set("AR2"))
+    other = send(store, adult_order_set("AR2", mrn="MRN777"))
+    assert other.ack_code == "AR" and other.result["patient_id"] == "MRN777"
+    assert store.audit[-1].patient_key == "MRN777^GENHOSP"
+
+
+def test_ar_without_a_pid_has_no_patient():
+    outcome = send(InMemoryStore(), "MSH|^~\\&|A|B|C|D|20261201083000||RDE^O11^RDE_O11|N1|P|2.9\r")
+    assert outcome.ack_code == "AR" and outcome.result["patient_id"] is None
+
+
+# --- faithful answers ---------------------------------------------------------------------------------------
+
+
+
+SUPERSCRIPT_DIGITS = "⁰¹²³⁴⁵⁶⁷⁸⁹"
+PLAIN = str.maketrans(SUPERSCRIPT_DIGITS, "0123456789")
+
+
+def test_ascii_forms_keep_the_meaning():
+    assert to_ascii("WBC 35 × 10⁹/L ≥ 30 × 10⁹/L") == "WBC 35 x 10^9/L >= 30 x 10^9/L"
+    assert to_ascii("9 mg/m² · 1.7 m², 5 µg, 10⁻³") == "9 mg/m2  1.7 m2, 5 ug, 10^-3"
+    assert to_ascii("10⁹/L", exponent="*") == "10*9/L"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet="abc (1)[]×≥µ²" + SUPERSCRIPT_DIGITS + " ", max_size=40),
+       st.integers(min_value=0, max_value=10**6), st.text(alphabet=SUPERSCRIPT_DIGITS, min_size=1, max_size=3))
+def test_property_an_exponent_never_becomes_digits_of_the_number(text, number, exponent):
+    answer = to_ascii(f"{text} {number}{exponent}/L {text}")
+    assert answer.isascii()
+    assert f" {number}^{exponent.translate(PLAIN)}/L" in answer
+
+
+def open_brackets(text: str) -> int:
+    depth = 0
+    for ch in text:
+        depth += {"(": 1, ")": -1}.get(ch, 0) if ch in "()" and (ch == "(" or depth > 0) else 0
+    return depth
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet=st.characters(codec="ascii", exclude_characters="\r\n"), max_size=300))
+def test_property_msa3_is_at_most_80_characters_and_never_ends_inside_a_bracket(reason):
+    cut = msa_text(reason)
+    assert len(cut) <= MSA3_MAX
+    if len(escape(reason)) <= MSA3_MAX:
+        assert cut == escape(reason)
+        return
+    assert cut.endswith("...")
+    head = unescape(cut[:-3], Encoding())
+    assert escape(head) == cut[:-3]  # never cut inside an escape sequence
+    assert reason.startswith(head) and open_brackets(head) == 0  # never inside a bracket
+
+
+def test_msa3_cut_at_a_word_boundary_outside_brackets():
+    reason = ("go.wbc: WBC 35 x 10^9/L is at or above 30 x 10^9/L and no cytoreduction is documented "
+              "(hydroxyurea or leukapheresis within 14 days before the GO start)")
+    cut = msa_text(reason)
+    assert cut.endswith(" no cytoreduction...") and len(cut) <= 80 and "(" not in cut
+    assert "10\\S\\9/L" in cut  # the exponent escaped, never a raw ^ that would split MSA-3
+
+
+def pid_named(text: str, name: str) -> str:
+    return text.replace("DOE^JANE^A", name)
+
+
+def test_utf8_declared_answers_keep_names_and_declare_msh18():
+    text = with_msh(pid_named(adult_order_set("U8"), "MÜLLER^JÜRGEN"), f18="UNICODE UTF-8")
+    outcome = send(InMemoryStore(), text)
+    assert "PID|1||MRN55501^^^GENHOSP^MR||MÜLLER^JÜRGEN" in outcome.response
+    assert msh_fields(outcome.response)[17] == "UNICODE UTF-8"
+    ascii_answer = send(InMemoryStore(), pid_named(adult_order_set("U9"), "MÜLLER^JÜRGEN")).response
+    assert ascii_answer.isascii() and "MULLER^JURGEN" in ascii_answer and len(msh_fields(ascii_answer)) == 12
+
+
+def test_utf8_is_not_declared_below_v25():
+    text = with_msh(pid_named(adult_order_set("U7", version="2.4"), "MÜLLER^JÜRGEN"), f18="UNICODE UTF-8")
+    assert send(InMemoryStore(), text).response.isascii()
+
+
+def test_response_msh3_to_6_reencoded_with_the_responses_own_encoding_characters():
+    custom = adult_order_set("CE1").replace("MSH|^~\\&|PHARMSYS|GENHOSP|RXGATE|GENHOSP|",
+                                            "MSH|*~\\&|PHARMSYS*SITE A|GENHOSP*1.2.3*ISO|RXGATE|GENHOSP|", 1)
+    # the rest of the message is written with ^ too; only the MSH fields matter here
+    outcome = send(InMemoryStore(), custom)
+    fields = msh_fields(outcome.response)
+    assert fields[1] == "^~\\&"
+    assert fields[4] == "PHARMSYS^SITE A" and fields[5] == "GENHOSP^1.2.3^ISO"
+    assert (fields[2], fields[3]) == ("RXGATE", "GENHOSP")

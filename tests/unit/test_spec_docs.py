@@ -22,8 +22,8 @@ from pydantic import BaseModel
 from tests.paths import ROOT
 from validator import load_protocol
 from validator.rules import DOSE_RULES
+from validator.rules.messages import MESSAGE_RULES
 from workers.cli import build_parser
-from workers.cli.protocol import MESSAGE_RULES
 from workers.settings import Settings
 
 PROTOCOL_MD = ROOT / "docs" / "protocol.md"
@@ -54,8 +54,8 @@ def _headings(path: Path) -> list[str]:
 
 def _catalogue_ids() -> set[str]:
     ids = {rule.id for rule in DOSE_RULES}
-    for key in MESSAGE_RULES:
-        ids |= {part.strip() for part in key.split("/")}
+    for rule in MESSAGE_RULES:
+        ids |= set(rule.ids)
     return ids
 
 

@@ -309,3 +309,11 @@ def test_a_premed_sent_as_an_additive_is_recognised():
     premeds = premeds[:4] + bag + premeds[8:]
     verdict = go(judge_text(adult_order_set(premeds=premeds)))
     assert "go.premedication" in rules_of(verdict) and "diphenhydramine ORD1003: dose 100 mg" in text_of(verdict)
+
+
+def test_a_history_premed_sent_again_in_the_message_counts_once():
+    # ORD1003 (diphenhydramine 50 mg) was accepted earlier and comes again, the same, in this message
+    history = [_history_premed(DIPHENHYDRAMINE, "50", _datetime(2026, 12, 1, 9, 0, tzinfo=UTC), placer="ORD1003")
+               .model_copy(update={"route": "IV"})]
+    verdict = go(judge_text(adult_order_set(), history=history))
+    assert verdict.control == "OK", text_of(verdict)

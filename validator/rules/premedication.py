@@ -327,6 +327,8 @@ def _judge(ctx: DoseContext, premed: Premedication, given: _Given, audit: dict, 
                         given.dose_location,
                         ordered_mg=str(ordered_mg), expected_mg=str(expected.expected_mg),
                         low_mg=str(expected.low_mg), high_mg=str(expected.high_mg),
+                        # never overridden (docs/protocol.md, "Overrides with a reason")
+                        above_maximum=expected.max_mg is not None and ordered_mg > expected.max_mg,
                     ))
 
     # Route.
@@ -406,6 +408,7 @@ def _judge_total(ctx: DoseContext, premed: Premedication, given: list[_Given], a
                 f"tolerance {_fmt(params.dose_tolerance_percent)}%"
                 + (f", never above {_fmt(expected.max_mg)} mg)" if expected.max_mg is not None else ")"),
                 given[0].dose_location, total_mg=str(total), expected_mg=str(expected.expected_mg),
+                above_maximum=expected.max_mg is not None and total > expected.max_mg,
             ))
     return out
 
@@ -442,11 +445,15 @@ def check(ctx: DoseContext) -> list[Finding]:
     ]
     go_starts += [(("history", i), Start.of(h.start)) for i, h in enumerate(ctx.history)
                   if h.protocol_order and h.start]
+    resent = {(o.placer_number, o.placer_namespace) for o in mine if o.placer_number}
     earlier: list[HistoryEntry] = [
         h for h in ctx.history
         if not h.protocol_order and not h.as_needed and h.start is not None
         and premedication_for(h.drug, protocol) is not None
         and _nearest(Start.of(h.start), go_starts, params.belongs_within_hours) == ("message", ctx.dose.index)
+        # the same order sent again in this message (same sender and ORC-2) counts once, as sent now
+        and not (h.placer_number and h.sender == ctx.order_set.sender
+                 and (h.placer_number, h.placer_namespace) in resent)
     ]
 
     findings: list[Finding] = []

@@ -1,7 +1,7 @@
 """`rxgate audit`: query the audit log, verify its hash chain, print its head (docs/interfaces.md §4).
 
     rxgate audit [--db URL] [--patient ID] [--since DATE] [--until DATE] [--outcome AA|AE|AR]
-                 [--rule RULE] [--control-id ID] [--format table|json|csv] [--limit N]
+                 [--rule RULE] [--control-id ID] [--overridden] [--format table|json|csv] [--limit N]
     rxgate audit verify [--db URL] [--anchor SEQ:HASH]   exit 0 intact, 1 broken (names the first bad seq)
     rxgate audit verify --file FILE [--anchor SEQ:HASH]  the same for an archive, on its own (no database)
     rxgate audit head [--db URL]                          SEQ:HASH of the latest record, as --anchor takes it
@@ -57,6 +57,8 @@ def register(sub) -> None:
     p.add_argument("--outcome", help="AA, AE or AR")
     p.add_argument("--rule", help="messages with a finding of this rule id, e.g. go.dose")
     p.add_argument("--control-id", dest="control_id", metavar="ID", help="the message's MSH-10")
+    p.add_argument("--overridden", action="store_true",
+                   help="messages with an order overridden with a reason (rule, reason and verifier shown)")
     p.add_argument("--format", default="table", help="table (default), json (JSON Lines) or csv")
     p.add_argument("--limit", type=int, help="at most N messages")
     p.add_argument("--anchor", metavar="SEQ:HASH", help="verify: also check record SEQ still has HASH")
@@ -106,6 +108,7 @@ def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.action in ("verify", "head", "archive"):
         used = [f"--{k.replace('_', '-')}" for k, v in filters.items() if v] + (
             ["--format"] if args.format != "table" else [])
+        used += ["--overridden"] if args.overridden else []
         if used:
             raise UsageError(f"audit {args.action} takes no filters ({', '.join(used)})")
     if args.anchor and args.action != "verify":
@@ -123,7 +126,7 @@ def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if args.limit is not None and args.limit < 1:
             raise UsageError("--limit must be at least 1")
         try:
-            flt = parse_filter(**filters)
+            flt = parse_filter(**filters, overridden=args.overridden)
         except FilterError as exc:
             raise UsageError(f"--{exc}") from None
     store = _open(args, settings)
@@ -169,10 +172,14 @@ def _record_cli_read(store: SqlStore, filters: dict, limit: int | None) -> None:
     from urllib.parse import urlencode
 
     from workers.store.access import AccessLedger
+    from workers.store.chain import ChainKeyError
 
     query = {k: v for k, v in filters.items() if v} | ({"limit": limit} if limit else {})
-    AccessLedger(store).record(_cli_user(), "local", "rxgate audit", urlencode(sorted(query.items())),
-                               datetime.now(UTC))
+    try:
+        AccessLedger(store).record(_cli_user(), "local", "rxgate audit", urlencode(sorted(query.items())),
+                                   datetime.now(UTC))
+    except ChainKeyError as exc:  # the access log is chained with the audit key: no key, no read
+        raise UsageError(f"audit: {exc}") from None
 
 
 ACCESS_COLUMNS = ["seq", "at", "user", "address", "action", "target"]
@@ -215,7 +222,12 @@ def cmd_access(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
                 out.write(f"{r['seq']}  {r['at']}  {r['user']}  {r['address']}  {r['action']}  {r['target']}\n")
             if not n:
                 out.write("(no matching reads)\n")
-        result = ledger.verify()
+        from workers.store.chain import ChainKeyError
+
+        try:
+            result = ledger.verify()
+        except ChainKeyError as exc:
+            raise UsageError(f"audit access: {exc}") from None
         if result.intact:
             print(f"access log chain intact: {result.checked} rows", file=sys.stderr)
             return 0
@@ -244,7 +256,7 @@ def _verify_file(path: str, anchor: tuple[int, str] | None, out: TextIO) -> int:
         raise UsageError(str(exc)) from None
     try:
         with open(path, encoding="utf-8") as f:
-            result = verify_archive(f, keys, anchor=anchor)
+            result = verify_archive(f, keys=keys, anchor=anchor)
     except OSError as exc:
         raise UsageError(f"--file: cannot read {path}: {exc.strerror}") from None
     except (ArchiveError, UnicodeDecodeError) as exc:
@@ -310,13 +322,21 @@ def write_rows(rows, fmt: str, out: TextIO) -> None:
     else:
         header = ("ID", "RECEIVED", "CONTROL ID", "SENDER", "PATIENT", "OUTCOME", "RULES")
         lines = [header]
+        overridden: list[list[str]] = [[]]
         for r in rows:
             lines.append((
                 str(r["id"]), r["received_at"] or "", r["control_id"] or "-", r["sender"] or "-",
                 r["patient_id"] or "-", r["outcome"] or "?", ", ".join(r["rules"]) or "-",
             ))
+            overridden.append([
+                f"    overridden: order {o['placer_order_number'] or o['order_index']} {o['rule']} by "
+                f"{o['verified_by']}: {o['reason']}"
+                for o in r.get("overrides") or []
+            ])
         widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-        for line in lines:
+        for line, notes in zip(lines, overridden, strict=True):
             out.write("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1] + "\n")
+            for note in notes:
+                out.write(note + "\n")
         if len(lines) == 1:
             out.write("(no matching messages)\n")

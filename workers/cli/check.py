@@ -44,7 +44,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     inputs = read_inputs(args.paths)
     store = open_store(args.db, settings) if args.db else memory_store()
     fmt = "json" if args.json else "hl7" if args.hl7 else "text"
-    return run_check(inputs, store, protocol, tz, fmt, sys.stdout, settings.limits)
+    if not args.db:
+        return run_check(inputs, store, protocol, tz, fmt, sys.stdout, settings.limits)
+    from workers.store.errors import StoreRefused, StoreUnavailable
+
+    try:
+        return run_check(inputs, store, protocol, tz, fmt, sys.stdout, settings.limits)
+    except (StoreUnavailable, StoreRefused) as exc:  # its text names class, code and URL: no row values
+        raise UsageError(f"--db: {exc}") from None
 
 
 def open_store(url: str, settings) -> Store:

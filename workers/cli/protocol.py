@@ -7,6 +7,7 @@ import argparse
 from validator import ProtocolError, load_protocol
 from validator.protocol import Protocol, bundled_ids
 from validator.rules import DOSE_RULES
+from validator.rules.messages import MESSAGE_RULES, message_rule
 from workers.cli.usage import UsageError
 
 
@@ -48,7 +49,9 @@ def summary(p: Protocol) -> str:
         f"  eligibility: age >= {p.eligibility.min_age_years} y; pediatric doses below {p.eligibility.pediatric_below_years} y",
         f"  dose: {p.dose.mg_per_m2} mg/m2 (Mosteller BSA) +/- {p.dose.tolerance_percent} %{cap}; "
         f"BSA OBX cross-check {p.dose.bsa_crosscheck_percent} %",
-        f"  route: {', '.join(p.route.codes)}",
+        f"  route: {', '.join(p.route.codes)} by code first (RXR-1.3 {', '.join(p.code_systems.route_table)} or empty); "
+        f"text {', '.join(p.route.text_contains) or '-'} only when the code is empty; other systems: "
+        + ("; ".join(f"{'/'.join(r.systems)} {r.code} -> {r.route}" for r in p.route_codes) or "none (unreadable)"),
         f"  infusion: {p.infusion.minutes} +/- {p.infusion.tolerance_minutes} min; sources agree within "
         f"{p.infusion.max_source_disagreement_minutes} min",
         f"  schedule: course days {', '.join(map(str, p.schedule.days))} (+/- {p.schedule.tolerance_days} d), "
@@ -73,47 +76,14 @@ def summary(p: Protocol) -> str:
         f"  liver ({p.liver.severity}): " + ", ".join(f"{t.name} > {t.max_uln_multiple} x ULN" for t in p.liver.tests)
         + f", within {p.liver.max_age_hours} h",
         f"  HSCT ({p.hsct.severity}): at least {p.hsct.min_days_after_last_dose} days after the last dose",
+        f"  observations: valid up to {p.observations.future_tolerance_minutes} min after MSH-7 (exact instants; "
+        "coarse or daylight-saving-ambiguous times at the less favourable reading)",
+        f"  overridable: {', '.join(p.overridable) or 'none'}; override verifiers (ORC-11): "
+        f"{', '.join(p.override_verifiers) or 'none'}",
     ]
     return "\n".join(lines)
 
 
-MESSAGE_RULES = {
-    "go.patient": "The message has no patient identifier (PID-3): every GO order is refused, since the course "
-                  "history cannot be used without it.",
-    "go.observation_time": "An observation dated after the message time (MSH-7, else the time received) plus "
-                           "`observations.future_tolerance_minutes` is invalid data: ignored, with a warning.",
-    "go.orderset": "A premedication that belongs to a refused GO dose is refused with it.",
-    "go.scope": "An order that is not a GO order is accepted without protocol checks (info).",
-    "go.cancel": "A CA/DC request for an order not known as accepted (same patient, sender and ORC-2): UC/UD, AE; "
-                 "an info when a cancelled GO dose had already started and stays in the course history.",
-    "go.protocol": "The order names a protocol code (RXGATE_PROTOCOL_FIELD) that the service does not know.",
-    "hl7.order_control": "ORC-1 other than NW, XO, RP (new orders) or CA, DC (cancellations): the order is refused.",
-    "hl7.structure / hl7.message_type / hl7.trigger_event / hl7.version / hl7.control_id / hl7.size": "The "
-        "message as a whole is rejected (AR) with a table 0357 code: 100/101/102 structure, 200/201/203 "
-        "unsupported type/event/version, 207 otherwise.",
-    "hl7.processing_id": "MSH-11 other than P (production), T (training) or D (debugging), or a processing mode "
-                         "(MSH-11.2) other than empty or T: AR, ERR-3 202. T and D messages are judged like P ones "
-                         "but keep their own message keys, order identities and course histories.",
-    "hl7.duplicate_control_id": "The message key (MSH-11, MSH-3, MSH-4, MSH-10) was already used for other content "
-                                "(after emptying MSH-7 and trailing empty fields): AR, ERR-3 205. The same content "
-                                "again gets the stored answer byte for byte.",
-    "rxgate.internal_error": "An internal error while judging: AR 207, logged with the control id; never silence. "
-                             "A CDS Hooks call answers it as a critical card (audited, logged with the hookInstance).",
-    "rxgate.fhir": "CDS Hooks: a FHIR resource rxgate cannot use (not valid FHIR R4, another patient's, a medication "
-                   "that cannot be read): an error card, and the resource is left out of the judgement. A GO "
-                   "MedicationRequest whose timing plans more than one administration is refused by `go.schedule` "
-                   "(\"one order per dose: this order plans more than one start\").",
-    "rxgate.timeout": "MLLP: no verdict within RXGATE_MLLP_TIMEOUT: AR 207 on that connection only (not stored, "
-                      "published or audited); the message stays queued and a resend with the same control id gets "
-                      "its verdict.",
-    "service.not_processed": "Not processed after its retries (or not taken by the broker): AR 207 \"not processed, "
-                             "resend\", kept on the dead-letter stream, not audited and not stored under the message "
-                             "key, so a resend is processed afresh. A queue entry without an hl7 field is answered "
-                             "\"cannot be processed: no hl7 field\" instead (a resend cannot help); an operator "
-                             "drops it (`rxgate deadletter drop`).",
-    "rxgate.deadletter_drop": "Audit only (info, never in ERR-5): an operator dropped a dead letter "
-                              "(`rxgate deadletter drop ID --reason TEXT`): who, why, the dead-letter id and reason.",
-}
 
 
 def rules_markdown(protocol: Protocol) -> str:
@@ -135,7 +105,7 @@ def rules_markdown(protocol: Protocol) -> str:
             out += [f"- `{name}` = `{_lookup(protocol, name)}`" for name in rule.parameters]
             out.append("")
     out += ["## Message and order rules", ""]
-    out += [f"- `{rid}` — {text}" for rid, text in MESSAGE_RULES.items()]
+    out += [f"- {' / '.join(f'`{rid}`' for rid in rule.ids)} — {rule.doc}" for rule in MESSAGE_RULES]
     return "\n".join(out) + "\n"
 
 
@@ -151,13 +121,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for rule in DOSE_RULES:
             first = rule.doc.strip().splitlines()[0] if rule.doc.strip() else ""
             print(f"{rule.id:<20} {first.split(' — ', 1)[-1]}")
+        for message_level in MESSAGE_RULES:
+            print(f"{' / '.join(message_level.ids):<20} {message_level.doc.split(': ', 1)[0].split('. ', 1)[0]}")
         return 0
     rule = rules.get(args.rule)
     if rule is None:
-        # message-level rules (MESSAGE_RULES): one text may document several ids ("a / b / c")
-        text = next((t for ids, t in MESSAGE_RULES.items() if args.rule in ids.split(" / ")), None)
-        if text is not None:
-            print(f"{args.rule} — {text}")
+        message_level = message_rule(args.rule)  # validator/rules/messages.py
+        if message_level is not None:
+            print(f"{args.rule} — {message_level.doc}")
             return 0
         raise UsageError(f"unknown rule {args.rule!r}; known: {', '.join(rules)}")
     print(rule.doc.strip())

@@ -51,10 +51,11 @@ def audit_filter(
     rule: Annotated[str | None, Query(max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$",
                                       description="messages with a finding of this rule id")] = None,
     control_id: Annotated[str | None, Query(max_length=200, pattern=_TEXT, description="MSH-10")] = None,
+    overridden: Annotated[bool, Query(description="only messages with an order overridden with a reason")] = False,
 ) -> AuditFilter:
     try:
         return AuditFilter(patient=patient or None, since=since, until=until, outcome=outcome,
-                           rule=rule or None, control_id=control_id or None).check()
+                           rule=rule or None, control_id=control_id or None, overridden=overridden).check()
     except FilterError as exc:
         raise HTTPException(422, {"message": str(exc)}) from None
 

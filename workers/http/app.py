@@ -26,6 +26,7 @@ from workers.http.limits import DEFAULT_BODY_LIMIT, BodyLimit, SecurityHeaders
 from workers.settings import Settings
 from workers.store import SqlStore, StoreUnavailable, open_sql_store
 from workers.store.access import AccessLedger
+from workers.store.chain import ChainKeyError
 
 __all__ = ["create_app", "settings_app"]
 
@@ -58,6 +59,13 @@ async def _store_unavailable(_request: Request, exc: StoreUnavailable) -> JSONRe
     """The database is down: 503, nothing read (an access-log row that cannot be written refuses the read)."""
     log.error("audit API: database unavailable (%s)", type(exc).__name__)
     return JSONResponse({"message": "database unavailable", "detail": "database unavailable"}, status_code=503)
+
+
+async def _no_audit_key(_request: Request, exc: Exception) -> JSONResponse:
+    """No audit key configured: the access log cannot be written, so no patient data is read (503)."""
+    log.error("audit API: %s", exc)
+    return JSONResponse({"message": "the audit key is not configured", "detail": "the audit key is not configured"},
+                        status_code=503)
 
 
 def body_limits(max_message_bytes: int) -> Callable[[str], int]:
@@ -126,6 +134,7 @@ def create_app(store_url: str | None = None, token_sha256: str | None = None, *,
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
+    app.add_exception_handler(ChainKeyError, _no_audit_key)
     app.add_middleware(SecurityHeaders)
     max_message = (hl7_settings or Settings()).max_message_bytes
     app.add_middleware(BodyLimit, limit_for=body_limits(max_message))  # outermost: before any route reads

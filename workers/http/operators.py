@@ -57,7 +57,7 @@ def _handled(handled) -> dict[str, Any]:
 
 router = APIRouter(prefix="/operator", tags=["operators"], dependencies=[Depends(require_role("operator"))],
                    responses={401: {"description": "missing or wrong credential"},
-                              403: {"description": "the credential has no operator role"},
+                              403: {"description": "the credential lacks the `operator` role"},
                               503: {"description": "the dead-letter stream is not configured or does not answer"}})
 
 

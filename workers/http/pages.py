@@ -34,7 +34,7 @@ TEMPLATES_DIR = Path(__file__).with_name("templates")
 STATIC_DIR = Path(__file__).with_name("static")
 PAGE_SIZE = 50
 CHART_DAYS = 31
-FILTER_NAMES = ("patient", "since", "until", "outcome", "rule", "control_id")
+FILTER_NAMES = ("patient", "since", "until", "outcome", "rule", "control_id", "overridden")
 # the CSS is a file under /static: no inline style or script is allowed
 PAGE_HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Content-Security-Policy": "default-src 'self'"}
 

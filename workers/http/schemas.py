@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 __all__ = [
     "ChainLink", "DayStats", "FindingOut", "Head", "Health", "MessageDetail", "MessagePage", "MessageSummary",
-    "ProtocolOut", "Stats", "VerifyOut",
+    "OverrideOut", "ProtocolOut", "Stats", "VerifyOut",
 ]
 
 
@@ -20,6 +20,16 @@ class FindingOut(BaseModel):
     message: str
     order_index: int | None = None
     placer_order_number: str | None = None
+
+
+class OverrideOut(BaseModel):
+    """An override with a reason applied to an order (docs/protocol.md, "Overrides with a reason")."""
+
+    order_index: int | None = None
+    placer_order_number: str | None = None
+    rule: str
+    reason: str
+    verified_by: str
 
 
 class ProtocolOut(BaseModel):
@@ -38,6 +48,7 @@ class MessageSummary(BaseModel):
     outcome: str | None
     rules: list[str]
     findings: list[FindingOut]
+    overrides: list[OverrideOut] = []
     protocol: ProtocolOut | None
 
 

@@ -104,16 +104,35 @@ def _place(view: SegmentView, finding: dict[str, Any], errs: list[ErrLocation]) 
         target.mark(finding)
 
 
+def _order_groups(views: list[SegmentView]) -> list[int | None]:
+    """The order index of each segment: the n-th ORC and the segments up to the next ORC are order n
+    (as the reader counts orders), None before the first ORC."""
+    groups: list[int | None] = []
+    current: int | None = None
+    for view in views:
+        if view.name == "ORC":
+            current = 0 if current is None else current + 1
+        groups.append(current)
+    return groups
+
+
 def annotate_segments(raw: str, findings: list[dict[str, Any]], response: str) -> list[SegmentView]:
     """The message's segments, each field with the findings located on it.
 
-    A finding's JSON location is `SEG-field` (no occurrence); the response's ERR-2 (`SEG^occ^field`)
-    of the same rule narrows it to the segment occurrence judged. Without such an ERR (info findings,
+    A finding filed under an order (`order_index`) is placed on that order's own segment when the order
+    group has one of the located name (`go.orderset` on the third premed's ORC, not the first's). Else
+    the finding's JSON location is `SEG-field` (no occurrence) and the response's ERR-2 (`SEG^occ^field`)
+    of the same rule narrows it to the segment occurrence judged; without such an ERR (info findings,
     versions below 2.5) every occurrence of the segment is marked.
     """
     errs = err_locations(response)
     views = [_view(seg) for seg in message_segments(raw)]
-    for view in views:
-        for finding in findings:
-            _place(view, finding, errs)
+    groups = _order_groups(views)
+    for finding in findings:
+        segment = (finding.get("location") or "").partition("-")[0]
+        order_index = finding.get("order_index")
+        own = [v for v, g in zip(views, groups, strict=True)
+               if order_index is not None and g == order_index and v.name == segment]
+        for view in own[:1] or views:
+            _place(view, finding, [] if own else errs)
     return views

@@ -17,6 +17,14 @@ been idle `claim_idle` seconds, the store recognises the message key and returns
 the stored response byte for byte: one response per delivery, each dose counted
 once.
 
+Order per patient after a crash: every bridge keeps a heartbeat key
+`<prefix>:consumer:<name>` alive (TTL `heartbeat_ttl`, 5 s). The pending entries of
+a consumer whose heartbeat is gone are taken over once idle that long (seconds,
+not `claim_idle`), and an entry is not judged while an older pending entry of the
+same patient (PID-3) is held by another consumer: it waits, still ours, until
+that one is answered. So a day-14 dose never overtakes the day-1 dose a killed
+bridge held, and the verdicts do not depend on crashes.
+
 Failures: a transient fault (database or broker down) is retried with
 exponential backoff for `retry_budget` seconds (>= 5 minutes in production),
 a non-transient exception `error_retries` times; then the entry goes to
@@ -216,12 +224,18 @@ class Bridge:
         self._next_claim = 0.0
         self.handled = 0
         self.taken_over = 0  # answers not given because another consumer owned the entry by then
+        self.held_back = 0  # entries that waited for an older entry of the same patient held elsewhere
+        self._waiting: dict[str, dict] = {}  # entry id -> fields, waiting for an older entry of their patient
+        self._patients_of: dict[str, frozenset[str]] = {}  # entry id -> its PID-3 ids (bounded cache)
+        self._beat_at = float("-inf")
         self._answer = client.register_script(ANSWER_IF_OURS)
         self._touch_script = client.register_script(TOUCH_IF_OURS)
 
     # --- the loop ---------------------------------------------------------------------------------
     def run(self) -> None:
         log.info("bridge consumer %s on %s (group %s)", self.consumer, self.streams.inbound, self.streams.group)
+        with contextlib.suppress(redis.RedisError):
+            self.heartbeat(force=True)  # before the first read: a live consumer is never taken for dead
         delays = None
         first = True
         while not self.stop.is_set():
@@ -242,12 +256,97 @@ class Bridge:
         log.info("bridge consumer %s stopped after %d entries", self.consumer, self.handled)
 
     def step(self) -> int:
-        """One cycle: take over entries dead consumers left, else read new ones; process and answer them."""
-        entries = self._autoclaim() if self.clock() >= self._next_claim else []
+        """One cycle: take over entries dead consumers left, else read new ones; process and answer them
+        (with the entries that waited for an older entry of their patient)."""
+        self.heartbeat(force=True)
+        entries = self._take_over_dead()
+        if not entries and self.clock() >= self._next_claim:
+            entries = self._autoclaim()
         if not entries:
-            entries = self._read(">", block=self.settings.stream_block_ms)
+            entries = self._read(">", block=self.settings.stream_block_ms if not self._waiting else 10)
+        taken = len(entries)
+        if self._waiting:
+            entries = sorted([*self._waiting.items(), *entries], key=lambda e: _order(e[0]))
+            self._waiting = {}
         self.handle(entries)
-        return len(entries)
+        return taken
+
+    # --- heartbeat, takeover of dead consumers, order per patient ------------------------------------
+    def heartbeat_key(self, consumer: str | None = None) -> str:
+        return f"{self.settings.stream_prefix}:consumer:{consumer or self.consumer}"
+
+    def heartbeat(self, force: bool = False) -> None:
+        """Keep this consumer's heartbeat key alive (refreshed at least every third of its TTL)."""
+        now = time.monotonic()
+        if force or now - self._beat_at >= self.settings.heartbeat_ttl / 3:
+            self.client.set(self.heartbeat_key(), "1", px=max(int(self.settings.heartbeat_ttl * 1000), 1))
+            self._beat_at = now
+
+    def _take_over_dead(self) -> list[tuple[str, dict]]:
+        """The pending entries of consumers whose heartbeat is gone, once idle `heartbeat_ttl` (XCLAIM with
+        that min idle time: of several live bridges, one gets each entry)."""
+        summary = self.client.xpending(self.streams.inbound, self.streams.group)
+        others = [_s(c["name"]) for c in summary.get("consumers") or [] if _s(c["name"]) != self.consumer
+                  and int(c["pending"])]
+        if not others:
+            return []
+        alive = self.client.pipeline(transaction=False)
+        for name in others:
+            alive.exists(self.heartbeat_key(name))
+        dead = [name for name, up in zip(others, alive.execute(), strict=True) if not up]
+        entries: list[tuple[str, dict]] = []
+        idle_ms = int(self.settings.heartbeat_ttl * 1000)
+        for name in dead:
+            rows = self.client.xpending_range(self.streams.inbound, self.streams.group, "-", "+",
+                                              self.settings.stream_batch, consumername=name, idle=idle_ms)
+            ids = [_s(r["message_id"]) for r in rows]
+            if ids:
+                claimed = self.client.xclaim(self.streams.inbound, self.streams.group, self.consumer, idle_ms, ids)
+                entries.extend((_s(i), f) for i, f in claimed if f)
+        if entries:
+            log.info("bridge: took over %d entries of consumers without a heartbeat", len(entries))
+        return sorted(entries, key=lambda e: _order(e[0]))
+
+    def _hold_back(self, entries: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+        """The entries to judge now; those with an older pending entry of the same patient held by another
+        consumer wait (they stay ours: touched each step) until it is answered."""
+        if not entries:
+            return entries
+        newest = max((e[0] for e in entries), key=_order)
+        rows = self.client.xpending_range(self.streams.inbound, self.streams.group, "-", newest, 10_000)
+        foreign = [_s(r["message_id"]) for r in rows if _s(r["consumer"]) != self.consumer]
+        if not foreign:
+            return entries
+        held = [(fid, self._patients(fid, None)) for fid in foreign]
+        now, waiting = [], []
+        for entry_id, fields in entries:
+            mine = self._patients(entry_id, fields)
+            if mine and any(_order(fid) < _order(entry_id) and mine & theirs for fid, theirs in held):
+                waiting.append((entry_id, fields))
+            else:
+                now.append((entry_id, fields))
+        if waiting:
+            self.held_back += len(waiting)
+            self._waiting.update(waiting)
+            self._touch([e for e, _ in waiting])
+            log.info("bridge: %d entries wait for an older entry of their patient held by another consumer",
+                     len(waiting))
+        return now
+
+    def _patients(self, entry_id: str, fields: dict | None) -> frozenset[str]:
+        """The PID-3 identifiers of an entry (read from the stream when not given), cached."""
+        cached = self._patients_of.get(entry_id)
+        if cached is not None:
+            return cached
+        if fields is None:
+            found = self.client.xrange(self.streams.inbound, entry_id, entry_id)
+            fields = found[0][1] if found else {}
+        hl7 = fields.get(b"hl7", fields.get("hl7"))
+        ids = patient_ids(decode(hl7) if isinstance(hl7, bytes) else str(hl7 or ""))
+        if len(self._patients_of) > 10_000:
+            self._patients_of.clear()
+        self._patients_of[entry_id] = ids
+        return ids
 
     def _read(self, start: str, block: int | None = None) -> list[tuple[str, dict]]:
         reply = self.client.xreadgroup(
@@ -276,7 +375,12 @@ class Bridge:
         return entries
 
     # --- processing -------------------------------------------------------------------------------
+    def delivery_id(self, entry_id: str) -> str:
+        """The delivery id stored with the entry's record: a redelivered entry is recorded once."""
+        return f"stream:{self.streams.inbound}:{entry_id}"
+
     def handle(self, entries: list[tuple[str, dict]]) -> None:
+        entries = self._hold_back(entries)
         batch = _Batch()
         remaining = [i for i, _ in entries]
         try:
@@ -331,9 +435,11 @@ class Bridge:
                     if hl7 is None or self.stop.is_set() or b"replay_of" in fields or "replay_of" in fields:
                         break
                     text = decode(hl7) if isinstance(hl7, bytes) else str(hl7)
+                    self.heartbeat()
                     started = time.perf_counter()
                     outcomes = self.service.process(text, received_at=entry_time(entry_id, self.service.tz),
-                                                    store=staged, observe=False)
+                                                    store=staged, observe=False,
+                                                    delivery_id=self.delivery_id(entry_id))
                     done.append((entry_id, outcomes, time.perf_counter() - started, staged.staged))
                     if len(staged.held) >= self.settings.store_batch \
                             or self.clock() - opened >= self.settings.store_batch_seconds:
@@ -388,7 +494,7 @@ class Bridge:
         while True:
             attempts += 1
             try:
-                return self.service.process(text, received_at=received_at)
+                return self.service.process(text, received_at=received_at, delivery_id=self.delivery_id(entry_id))
             except Exception as exc:  # processing never raises for bad input: this is the store or a bug
                 transient = is_transient(exc)
                 errors += 0 if transient else 1
@@ -404,6 +510,7 @@ class Bridge:
                 self.commit(batch)
                 batch.ops.clear()
                 self._touch(remaining)
+                self.heartbeat(force=True)
                 if self.stop.wait(delay):
                     raise _Stopped() from exc
 
@@ -451,7 +558,7 @@ class Bridge:
 
     def _release_unfinished(self) -> None:
         """At shutdown: entries read but not answered stay pending, marked idle so the next consumer takes them now."""
-        ids = getattr(self, "_unfinished", [])
+        ids = [*getattr(self, "_unfinished", []), *self._waiting]
         if not ids:
             return
         try:
@@ -459,6 +566,32 @@ class Bridge:
             log.info("bridge: %d unfinished entries left pending for another consumer", len(ours))
         except redis.RedisError:
             pass
+
+
+def _order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a sortable (milliseconds, sequence)."""
+    ms, _, seq = entry_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return (0, 0)
+
+
+def patient_ids(text: str) -> frozenset[str]:
+    """The identifiers (PID-3.1 of every repetition) of the patients an entry's messages name: entries
+    sharing one are kept in order. Generous by design: a shared id only makes an entry wait."""
+    ids: set[str] = set()
+    try:
+        for raw in split_messages(text).messages:
+            for seg in raw.segments():
+                if seg.name == "PID":
+                    for rep in seg.field(3).split(raw.enc.repetition):
+                        first = rep.split(raw.enc.component)[0].strip()
+                        if first:
+                            ids.add(first)
+    except Exception:  # noqa: BLE001 - an unreadable entry waits for nobody (it is answered AR anyway)
+        return frozenset()
+    return frozenset(ids)
 
 
 def outbound_fields(result: dict[str, Any], entry_id: str) -> dict[str, str]:

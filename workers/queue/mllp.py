@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 import time
 from collections.abc import Awaitable
@@ -295,7 +296,7 @@ class MllpServer:
                                   self.settings)]
             deadline = time.monotonic() + self.timeout
             async with in_order:
-                later = [await self._take(raw, peer, deadline) for raw in split.messages]
+                later = [await self._take(raw, peer, deadline) for raw in _deliveries(split, payload)]
             out: list[str] = []
             for answer in later:
                 out.extend(await answer)
@@ -378,6 +379,16 @@ class MllpServer:
             log.info("mllp %s: control_id=%s is already queued (inbound %s, not yet answered): waiting for its "
                      "verdict, not queued again", peer, _cid(header), submission.entry_id)
             metrics.mllp_resend_joined()
+
+
+def _deliveries(split, payload: bytes) -> list[RawMessage]:
+    """A frame is one delivery: one message is queued as itself; data before the MSH or a second MSH
+    queue the frame whole, which the bridge answers with one AR for all of it, audited once
+    (validator.service.process_delivery)."""
+    if not split.junk_before_first and len(split.messages) == 1:
+        return split.messages
+    lines = [line for line in re.split(r"\r\n|\r|\n", decode(payload).strip("\x0b\x1c\r\n")) if line.strip()]
+    return [RawMessage(lines, split.messages[0].enc)]
 
 
 def _certificate_name(cert: dict | None) -> str:

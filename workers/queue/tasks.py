@@ -62,7 +62,9 @@ def validate_message(self, text: Any) -> dict[str, Any]:
         text = "" if text is None else str(text)  # not a message: processed as one, and rejected (AR)
     try:
         # opening the store can fail too (database down)
-        outcomes = current_service(self.app.rxgate_settings).process(text)
+        task_id = self.request.id
+        outcomes = current_service(self.app.rxgate_settings).process(
+            text, delivery_id=f"celery:{task_id}" if task_id else None)
     except Exception as exc:  # never bad input (that is answered AR): the store, the broker, or a bug
         return _retry_or_give_up(self, text, exc)
     return outcomes[0].result

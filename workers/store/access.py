@@ -5,8 +5,9 @@
                 The token itself is printed once by `rxgate users add` and never stored.
 - `access_log`  one row per read of patient data: who, when, from which address, what (the route)
                 and which query or record. Append-only and chained like the audit log: row N's
-                hash covers its content and row N-1's hash (`chain.chain_hash`), so an edited,
-                removed or inserted row breaks the chain (`verify_access_log`).
+                HMAC-SHA256 (with the audit key, `chain.chain_hash`, never in the database) covers
+                its content and row N-1's hash, so an edited, removed, inserted or forged row breaks
+                the chain (`AccessLedger.verify`); `key_id` names the key (rotation as the audit log).
 
 A token must carry at least 256 bits (32 bytes) of entropy (`token_entropy_bits`): `rxgate users add`
 makes one from 32 random bytes, and a token given to it is measured and refused when shorter.
@@ -27,7 +28,7 @@ from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from workers.store.chain import GENESIS_HASH, Verification, chain_hash
+from workers.store.chain import GENESIS_HASH, Verification, chain_hash, link_problem
 from workers.store.errors import database_errors
 from workers.store.schema import ACTION_LEN, ADDRESS_LEN, NAME_LEN, AccessLogRow, UserRow, clean_text
 
@@ -120,6 +121,7 @@ class AccessLedger:
     def __init__(self, store: SqlStore) -> None:
         self._sessions = sessionmaker(store.engine, expire_on_commit=False)
         self._reader = store.read_session
+        self._keys = store.chain_keys  # the audit chain's keys (RXGATE_AUDIT_KEY / _FILE), read when first needed
 
     # --- users
 
@@ -177,12 +179,14 @@ class AccessLedger:
         row = {"at": now, "user_name": (clean_text(user) or "")[:NAME_LEN],
                "address": (clean_text(address) or "")[:ADDRESS_LEN],
                "action": (clean_text(action) or "")[:ACTION_LEN], "target": clean_text(target) or ""}
+        key = self._keys().current  # no key: ChainKeyError before anything is written (the read is refused)
         with self._sessions.begin() as s:
             self._lock(s)
             head = s.execute(select(AccessLogRow.seq, AccessLogRow.hash)
                              .order_by(AccessLogRow.seq.desc()).limit(1)).first()
             seq, prev = (1, GENESIS_HASH) if head is None else (head.seq + 1, head.hash)
-            row.update(seq=seq, prev_hash=prev, hash=chain_hash(_entry_content(row), seq, prev))
+            row.update(seq=seq, prev_hash=prev, hash=chain_hash(_entry_content(row), seq, prev, key),
+                       key_id=key.key_id)
             s.execute(insert(AccessLogRow).values(**row))
         return seq
 
@@ -212,14 +216,16 @@ class AccessLedger:
     def verify(self) -> Verification:
         """Recompute every row's hash and link, in order; stop at the first bad row."""
         expected, prev, checked = 1, GENESIS_HASH, 0
+        keys = self._keys()
         with self._reader() as s:
             for r in s.execute(select(AccessLogRow).order_by(AccessLogRow.seq)).scalars():
                 if r.seq != expected:
                     return Verification(False, checked, expected, f"access-log row {expected} is missing")
                 if r.prev_hash != prev:
                     return Verification(False, checked, r.seq, "its link to the previous row does not match")
-                if chain_hash(_entry_content(r), r.seq, prev) != r.hash:
-                    return Verification(False, checked, r.seq, "its content was altered")
+                problem = link_problem(r.seq, prev, r.hash, r.key_id, _entry_content(r), keys)
+                if problem is not None:
+                    return Verification(False, checked, r.seq, problem.split(" (")[0])
                 prev, expected, checked = r.hash, expected + 1, checked + 1
         return Verification(True, checked, head_seq=expected - 1 if checked else None,
                             head_hash=prev if checked else None)

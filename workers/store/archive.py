@@ -4,11 +4,10 @@
 
     {"rxgate_archive": 1, "before": "2026-01-01", "timezone": "...", "first_seq": 1, "last_seq": N,
      "records": N, "last_hash": "..."}                               the header (first line)
-    {"seq": 1, "prev_hash": "000...", "hash": "...", "key_id": "...", "content": {...}}   one per record
+    {"seq": 1, "prev_hash": "000...", "hash": "...", "content": {...}}   one line per record, in order
 
-`content` is exactly what the chain hashes (`workers.store.chain.record_content`, with `key_id` naming
-the audit key that signed it), so `verify_archive(lines, keys)` recomputes every hash and link without
-the database (the HMAC needs the audit key: RXGATE_AUDIT_KEY / RXGATE_AUDIT_KEY_FILE). The records stay
+`content` is exactly what the chain hashes (`workers.store.chain.record_content`), so
+`verify_archive(lines)` recomputes every hash and link without the database. The records stay
 in the database: rxgate never deletes audit rows.
 
 Which records: the chain's prefix up to the last record received before `before` (the start of
@@ -32,23 +31,14 @@ from workers.store.chain import (
     GENESIS_HASH,
     ChainKeys,
     Verification,
-    _by_message,
     canonical_json,
     chain_hash,
+    chained_content,
     link_problem,
-    record_content,
+    read_parts,
 )
 from workers.store.errors import database_errors
-from workers.store.schema import (
-    CancellationRow,
-    ChainRow,
-    FindingRow,
-    HistoryRow,
-    MessageKeyRow,
-    MessageRow,
-    ResponseRow,
-    VerdictRow,
-)
+from workers.store.schema import ChainRow, MessageRow, ResponseRow, VerdictRow
 from workers.store.sqlstore import SqlStore
 
 FORMAT = 1
@@ -82,20 +72,12 @@ def archive_lines(store: SqlStore, last_seq: int, batch: int = 500) -> Iterator[
                 select(VerdictRow).where(VerdictRow.message_id >= lo, VerdictRow.message_id <= hi)).scalars()}
             responses = {r.message_id: r for r in s.execute(
                 select(ResponseRow).where(ResponseRow.message_id >= lo, ResponseRow.message_id <= hi)).scalars()}
-            parts = {name: _by_message(s, row_type, lo, hi) for name, row_type in
-                     (("findings", FindingRow), ("keys", MessageKeyRow), ("history", HistoryRow),
-                      ("cancellations", CancellationRow))}
+            parts = read_parts(s, lo, hi)
             for row in chain:
                 message = messages.get(row.seq)
-                got = {name: rows.get(row.seq, []) for name, rows in parts.items()}
-                if message is None:
-                    content = None
-                elif row.key_id is None:  # from before the chain was keyed: the older content
-                    content = record_content(message, verdicts.get(row.seq), responses.get(row.seq), got["findings"])
-                else:
-                    content = record_content(message, verdicts.get(row.seq), responses.get(row.seq), got["findings"],
-                                             keyed=True, message_key=got["keys"][0] if got["keys"] else None,
-                                             history=got["history"], cancellations=got["cancellations"])
+                content = None if message is None else chained_content(
+                    row.key_id, message, verdicts.get(row.seq), responses.get(row.seq),
+                    {name: rows.get(row.seq, []) for name, rows in parts.items()})
                 # written as stored: a record already broken in the database verifies as broken in the file
                 yield {"seq": row.seq, "prev_hash": row.prev_hash, "hash": row.hash, "key_id": row.key_id,
                        "content": content}
@@ -118,10 +100,17 @@ def write_archive(store: SqlStore, before: date, tz: tzinfo, out: TextIO) -> tup
     return last_seq, header["last_hash"]
 
 
-def verify_archive(lines: Iterable[str], keys: ChainKeys, anchor: tuple[int, str] | None = None) -> Verification:
-    """Recompute the archive's chain from its own lines and the audit keys (no database): the first bad
-    record is named; a header whose count or last hash differs from the records (a cut or extended file)
-    is broken too. Records without a `key_id` (hashed before the chain was keyed) may only come first."""
+def verify_archive(lines: Iterable[str], anchor: tuple[int, str] | None = None,
+                   keys: ChainKeys | None = None) -> Verification:
+    """Recompute the archive's chain from its own lines (no database): the first bad record is named; a
+    header whose count or last hash differs from the records (a cut or extended file) is broken too.
+    Keyed records (a `key_id`) need the audit keys (`keys`, else RXGATE_AUDIT_KEY / _FILE); records from
+    before the chain was keyed verify with plain SHA-256, and only before every keyed one."""
+    if keys is None:
+        from workers.settings import Settings
+
+        keys = Settings().chain_keys()
+    keyed = False
     it = iter(lines)
     try:
         header = json.loads(next(it))
@@ -129,7 +118,7 @@ def verify_archive(lines: Iterable[str], keys: ChainKeys, anchor: tuple[int, str
         raise ArchiveError("not an rxgate archive: no JSON header line") from None
     if not isinstance(header, dict) or header.get("rxgate_archive") != FORMAT:
         raise ArchiveError("not an rxgate archive (format 1): the first line has no \"rxgate_archive\": 1")
-    expected, prev, checked, keyed = 1, GENESIS_HASH, 0, False
+    expected, prev, checked = 1, GENESIS_HASH, 0
     hashes: dict[int, str] = {}
     for n, text in enumerate(it, start=2):
         if not text.strip():
@@ -149,9 +138,11 @@ def verify_archive(lines: Iterable[str], keys: ChainKeys, anchor: tuple[int, str
         if content is None:
             return Verification(False, checked=checked, first_bad_seq=seq, reason="its message row was removed")
         key_id = line.get("key_id")
+        if key_id is None and keyed:
+            return Verification(False, checked=checked, first_bad_seq=seq,
+                                reason="it is not signed with the audit key but follows signed records")
         if key_id is None:
-            problem = ("it is not signed with the audit key but follows signed records" if keyed
-                       else None if chain_hash(content, seq, prev) == hash_ else "its content was altered")
+            problem = None if chain_hash(content, seq, prev) == hash_ else "its content was altered"
         else:
             keyed = True
             problem = link_problem(seq, prev, hash_, key_id, content, keys)

@@ -7,6 +7,7 @@ apply the same filters the same way:
 - since/until: inclusive calendar dates in the service's time zone, on the received time;
 - outcome: the message's ack code AA, AE or AR;
 - rule: messages with at least one finding of that rule id (any severity);
+- overridden: messages with at least one order overridden with a reason (docs/protocol.md);
 - control_id: the input's MSH-10.
 
 Verification of the hash chain is in workers/store/chain.py (`verify_chain`).
@@ -24,7 +25,16 @@ from typing import Any
 from sqlalchemy import and_, exists, func, or_, select
 
 from workers.store.errors import database_errors
-from workers.store.schema import RULE_ID_LEN, ChainRow, FindingRow, MessageRow, ResponseRow, VerdictRow, decode_raw
+from workers.store.schema import (
+    RULE_ID_LEN,
+    ChainRow,
+    FindingRow,
+    MessageRow,
+    OverrideRow,
+    ResponseRow,
+    VerdictRow,
+    decode_raw,
+)
 from workers.store.sqlstore import SqlStore
 
 OUTCOMES = ("AA", "AE", "AR")
@@ -44,6 +54,7 @@ class AuditFilter:
     outcome: str | None = None
     rule: str | None = None
     control_id: str | None = None
+    overridden: bool = False  # only messages with an order overridden with a reason
 
     def check(self) -> AuditFilter:
         if self.outcome is not None and self.outcome not in OUTCOMES:
@@ -66,7 +77,7 @@ def parse_date(value: str | None, name: str) -> date | None:
 
 def parse_filter(
     patient: str | None = None, since: str | None = None, until: str | None = None, outcome: str | None = None,
-    rule: str | None = None, control_id: str | None = None,
+    rule: str | None = None, control_id: str | None = None, overridden: bool = False,
 ) -> AuditFilter:
     """Strings as typed (CLI) to a checked filter; raises FilterError naming the bad value."""
     return AuditFilter(
@@ -76,6 +87,7 @@ def parse_filter(
         outcome=outcome.upper() if outcome else None,
         rule=rule or None,
         control_id=control_id or None,
+        overridden=overridden not in (False, None, "", "0", "false"),
     ).check()
 
 
@@ -97,6 +109,8 @@ def _conditions(flt: AuditFilter, tz: tzinfo) -> list:
         conds.append(exists().where(and_(FindingRow.message_id == MessageRow.id, FindingRow.rule == flt.rule)))
     if flt.control_id:
         conds.append(MessageRow.control_id == flt.control_id)
+    if flt.overridden:
+        conds.append(exists().where(OverrideRow.message_id == MessageRow.id))
     return conds
 
 
@@ -109,7 +123,13 @@ def _finding_json(f: FindingRow) -> dict[str, Any]:
             "order_index": f.order_index, "placer_order_number": f.placer_number}
 
 
-def _summary(m: MessageRow, v: VerdictRow | None, findings: list[FindingRow], tz: tzinfo) -> dict[str, Any]:
+def _override_json(o: OverrideRow) -> dict[str, Any]:
+    return {"order_index": o.order_index, "placer_order_number": o.placer_number, "rule": o.rule,
+            "reason": o.reason, "verified_by": o.verified_by}
+
+
+def _summary(m: MessageRow, v: VerdictRow | None, findings: list[FindingRow], tz: tzinfo,
+             overrides: list[OverrideRow] = ()) -> dict[str, Any]:
     rules: list[str] = []
     for f in findings:
         if f.severity != "info" and f.rule not in rules:
@@ -125,6 +145,7 @@ def _summary(m: MessageRow, v: VerdictRow | None, findings: list[FindingRow], tz
         "outcome": v.ack_code if v else None,
         "rules": rules,
         "findings": [_finding_json(f) for f in findings],
+        "overrides": [_override_json(o) for o in overrides],
         "protocol": {"id": v.protocol_id, "version": v.protocol_version} if v else None,
     }
 
@@ -146,13 +167,18 @@ def query_messages(
         rows = s.execute(page).all()
         ids = [m.id for m, _ in rows]
         by_message: dict[int, list[FindingRow]] = defaultdict(list)
+        overrides_of: dict[int, list[OverrideRow]] = defaultdict(list)
         for chunk in _chunks(ids, 500):
             for f in s.execute(
                 select(FindingRow).where(FindingRow.message_id.in_(chunk)).order_by(FindingRow.message_id,
                                                                                    FindingRow.position)
             ).scalars():
                 by_message[f.message_id].append(f)
-        return total, [_summary(m, v, by_message[m.id], tz) for m, v in rows]
+            for o in s.execute(
+                select(OverrideRow).where(OverrideRow.message_id.in_(chunk)).order_by(OverrideRow.id)
+            ).scalars():
+                overrides_of[o.message_id].append(o)
+        return total, [_summary(m, v, by_message[m.id], tz, overrides_of[m.id]) for m, v in rows]
 
 
 def iter_messages(store: SqlStore, flt: AuditFilter, tz: tzinfo, batch: int = 500):
@@ -180,7 +206,9 @@ def get_message(store: SqlStore, message_id: int, tz: tzinfo) -> dict[str, Any] 
             s.execute(select(FindingRow).where(FindingRow.message_id == message_id).order_by(FindingRow.position))
             .scalars()
         )
-        detail = _summary(m, v, findings, tz)
+        overridden = list(s.execute(select(OverrideRow).where(OverrideRow.message_id == message_id)
+                                    .order_by(OverrideRow.id)).scalars())
+        detail = _summary(m, v, findings, tz, overridden)
         result = json.loads(v.result) if v else {}
         detail.update(
             {

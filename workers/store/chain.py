@@ -334,9 +334,7 @@ def _walk_chain(s: Session, walk: _Walk, batch: int) -> None:
             select(VerdictRow).where(VerdictRow.message_id >= lo, VerdictRow.message_id <= hi)).scalars()}
         responses = {r.message_id: r for r in s.execute(
             select(ResponseRow).where(ResponseRow.message_id >= lo, ResponseRow.message_id <= hi)).scalars()}
-        parts = {name: _by_message(s, row_type, lo, hi) for name, row_type in
-                 (("findings", FindingRow), ("keys", MessageKeyRow), ("history", HistoryRow),
-                  ("cancellations", CancellationRow))}
+        parts = read_parts(s, lo, hi)
         for row in chain:
             _check_record(walk, row, messages.get(row.seq), verdicts.get(row.seq), responses.get(row.seq),
                           {name: rows.get(row.seq, []) for name, rows in parts.items()})
@@ -371,16 +369,32 @@ def _check_plain_record(walk: _Walk, row: ChainRow, content: dict[str, Any]) -> 
                                "response differ from what was recorded)")
 
 
+def read_parts(s: Session, lo: int, hi: int) -> dict[str, dict[int, list]]:
+    """The rows of records lo..hi besides message, verdict and response, by record: what a keyed
+    record's content holds (`chained_content`)."""
+    return {name: _by_message(s, row_type, lo, hi) for name, row_type in
+            (("findings", FindingRow), ("keys", MessageKeyRow), ("history", HistoryRow),
+             ("cancellations", CancellationRow))}
+
+
+def chained_content(key_id: str | None, message: MessageRow, verdict: VerdictRow | None,
+                    response: ResponseRow | None, parts: dict[str, list]) -> dict[str, Any]:
+    """The content a chain row's hash covers: keyed (key_id set) or from before the chain was keyed."""
+    if key_id is None:
+        return record_content(message, verdict, response, parts["findings"])
+    keys = parts["keys"]
+    return record_content(message, verdict, response, parts["findings"], keyed=True,
+                          message_key=keys[0] if keys else None, history=parts["history"],
+                          cancellations=parts["cancellations"])
+
+
 def _check_keyed_record(walk: _Walk, row: ChainRow, message: MessageRow, verdict: VerdictRow | None,
                         response: ResponseRow | None, parts: dict[str, list]) -> None:
     if walk.keyed_from is None:
         walk.keyed_from = row.seq
-    keys = parts["keys"]
-    if len(keys) > 1:
+    if len(parts["keys"]) > 1:
         raise _Broken(row.seq, "it has more than one message key row (one was inserted)")
-    content = record_content(message, verdict, response, parts["findings"], keyed=True,
-                             message_key=keys[0] if keys else None, history=parts["history"],
-                             cancellations=parts["cancellations"])
+    content = chained_content(row.key_id, message, verdict, response, parts)
     problem = link_problem(row.seq, walk.prev_hash, row.hash, row.key_id, content, walk.keys)
     if problem:
         raise _Broken(row.seq, problem)

@@ -175,11 +175,33 @@ def _alembic_config() -> Config:
 def migrate(engine: Engine) -> None:
     """Alembic upgrade to head (idempotent; concurrent starters on PostgreSQL wait for each other)."""
     cfg = _alembic_config()
+    if engine.dialect.name == "sqlite":
+        _migrate_sqlite(engine, cfg)
+        return
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def _migrate_sqlite(engine: Engine, cfg: Config) -> None:
+    """SQLite alters a table by rebuilding it (copy, drop, rename), which foreign keys pointing at it
+    refuse while they are enforced: they are switched off for the upgrade (outside its transaction,
+    the only place SQLite honours it), every reference is checked before the commit, and they are
+    switched on again."""
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
+                if broken is not None:
+                    raise StoreUnavailable(f"migration left a broken reference in table {broken[0]}")
+        finally:
+            raw.execute("PRAGMA foreign_keys=ON")
 
 
 def require_schema(engine: Engine, url: str) -> None:

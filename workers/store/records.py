@@ -40,6 +40,7 @@ class RecordRows:
         self.findings = finding_rows(seq, result)
         self.key = message_key_row(seq, processed)
         self.history = history_rows(seq, processed)
+        self.overrides = override_rows(seq, result)
         self.cancellations = cancellation_rows(seq, processed)
         # the writer hashes exactly what the rows will read back (verification rebuilds it from them)
         content = record_content(
@@ -112,6 +113,17 @@ def history_rows(seq: int, processed: ProcessedMessage) -> list[dict[str, Any]]:
     ]
 
 
+def override_rows(seq: int, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `overrides` rows: each override with a reason applied to an order of the result."""
+    return [
+        dict(message_id=seq, order_index=i, placer_number=clean_text(order.get("placer_order_number")),
+             rule=clean_text(str(o.get("rule") or "")), reason=clean_text(str(o.get("reason") or "")),
+             verified_by=clean_text(str(o.get("verified_by") or "")))
+        for i, order in enumerate(result.get("orders") or [])
+        for o in order.get("overrides") or []
+    ]
+
+
 def cancellation_rows(seq: int, processed: ProcessedMessage) -> list[dict[str, Any]]:
     """The `cancellations` rows this message applies (`entries_removed` is counted when applied)."""
     return [
@@ -144,20 +156,34 @@ def _finding_row(seq: int, position: int, order_index: int | None, placer_number
 
 
 def finding_rows(seq: int, result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The `findings` rows (column values) of one record."""
+    """The `findings` rows (column values) of one record, each filed under the order it was found on.
+
+    The order comes from the finding's `order_index` (docs/interfaces.md §1), never from matching its
+    text: several orders may have findings that read alike (three `go.orderset` premeds).
+    """
     orders = result.get("orders") or []
-    rows = []
     listed = result.get("findings") or []
-    for position, f in enumerate(listed):
-        order_index = next((i for i, o in enumerate(orders) if f in (o.get("findings") or [])), None)
+    indices = [f.get("order_index") for f in listed] if all("order_index" in f for f in listed) else \
+        _positional_order_indices(result)
+    rows = []
+    for position, (f, order_index) in enumerate(zip(listed, indices, strict=True)):
+        valid = isinstance(order_index, int) and 0 <= order_index < len(orders)
+        order_index = order_index if valid else None
         placer = orders[order_index].get("placer_order_number") if order_index is not None else None
         rows.append(_finding_row(seq, position, order_index, placer, f))
-    # order findings that the message-level list does not repeat (it should hold them all)
-    for i, order in enumerate(orders):
-        for f in order.get("findings") or []:
-            if f not in listed:
-                rows.append(_finding_row(seq, len(rows), i, order.get("placer_order_number"), f))
     return rows
+
+
+def _positional_order_indices(result: dict[str, Any]) -> list[int | None]:
+    """For a result stored without `order_index`: the list holds the message's own findings, then each
+    order's findings in order, so positions tell the order."""
+    orders = result.get("orders") or []
+    listed = result.get("findings") or []
+    per_order = [i for i, o in enumerate(orders) for _ in (o.get("findings") or [])]
+    own = len(listed) - len(per_order)
+    if own < 0:
+        return [None] * len(listed)
+    return [None] * own + per_order
 
 
 def _as_utc(value: datetime) -> datetime:

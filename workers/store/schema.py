@@ -17,6 +17,9 @@ One audit record = one row of `audit_chain` + `messages` + `verdicts` + `respons
 - `course_history` every accepted order (drug, start, placer number, sender), `cancelled_by`
                  set (never deleted) when a cancellation removes it from the course.
 - `cancellations` every CA/DC request applied, with `leaves_history`.
+- `overrides`    message_id; order index / placer number, rule, reason, verified by (ORC-11): every
+                 override with a reason applied to an order (docs/protocol.md, "Overrides with a reason";
+                 migration 0003_overrides).
 
 The schema itself is created and changed only by the Alembic migrations (`migrations/versions/`,
 which keep their own copies of these lengths: a migration is history and never follows this file).
@@ -95,7 +98,7 @@ class ChainRow(Base):
 
 class MessageRow(Base):
     __tablename__ = "messages"
-    __table_args__ = (UniqueConstraint("delivery_id", name="uq_messages_delivery_id"),)
+    __table_args__ = (Index("uq_messages_delivery_id", "delivery_id", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
@@ -164,7 +167,7 @@ class MessageKeyRow(Base):
 
 class DeliveryRow(Base):
     __tablename__ = "deliveries"
-    __table_args__ = (UniqueConstraint("delivery_id", name="uq_deliveries_delivery_id"),)
+    __table_args__ = (Index("uq_deliveries_delivery_id", "delivery_id", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     message_key_id: Mapped[int] = mapped_column(ForeignKey("message_keys.id"), index=True)
@@ -205,6 +208,17 @@ class CancellationRow(Base):
     leaves_history: Mapped[bool] = mapped_column(Boolean)
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
     entries_removed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class OverrideRow(Base):
+    __tablename__ = "overrides"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
+    order_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    placer_number: Mapped[str | None] = mapped_column(String(FIELD_LEN), nullable=True)
+    rule: Mapped[str] = mapped_column(String(RULE_ID_LEN), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    verified_by: Mapped[str] = mapped_column(String(FIELD_LEN))
 
 
 # --- CDS Hooks (workers/store/cds.py, migration 0007_cds_hooks) --------------------------------------
@@ -273,3 +287,4 @@ class AccessLogRow(Base):
     target: Mapped[str] = mapped_column(Text)  # the query (filters) or the record id read
     prev_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
     hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), unique=True)
+    key_id: Mapped[str] = mapped_column(String(16))  # the audit key that signed it (chain.ChainKey.key_id)

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from validator.history import HistoryEntry, KeyTaken, MessageKey, ProcessedMessage, StoredAnswer
+from validator.history import DeliveryTaken, HistoryEntry, KeyTaken, MessageKey, ProcessedMessage, StoredAnswer
 from workers.store.chain import GENESIS_HASH, ChainKeys
 from workers.store.engine import open_engine
 from workers.store.errors import HistoryChanged, database_errors
@@ -36,6 +36,7 @@ from workers.store.schema import (
     HistoryRow,
     MessageKeyRow,
     MessageRow,
+    OverrideRow,
     ResponseRow,
     VerdictRow,
     clean_text,
@@ -102,6 +103,22 @@ class SqlStore:
             if row is None:
                 return None
             return StoredAnswer(content_sha256=row.content_sha256, result=json.loads(row.result))
+
+    @database_errors
+    def answer_for_delivery(self, delivery_id: str) -> dict | None:
+        """The result a delivery was given: its own record's, or (a redelivered keyed message) the stored
+        answer of the key its delivery row names."""
+        with self._reading() as conn:
+            result = conn.execute(
+                select(VerdictRow.result).join(MessageRow, MessageRow.id == VerdictRow.message_id)
+                .where(MessageRow.delivery_id == clean_text(delivery_id))
+            ).scalar_one_or_none()
+            if result is None:
+                result = conn.execute(
+                    select(MessageKeyRow.result).join(DeliveryRow, DeliveryRow.message_key_id == MessageKeyRow.id)
+                    .where(DeliveryRow.delivery_id == clean_text(delivery_id))
+                ).scalar_one_or_none()
+            return None if result is None else json.loads(result)
 
     @database_errors
     def orders_for(self, patient_key: str) -> list[HistoryEntry]:
@@ -208,6 +225,10 @@ class SqlStore:
         taken = [p.key for p in batch if p.key is not None and self.answer_for(p.key) is not None]
         if taken:
             raise KeyTaken(taken[0].control_id) from None
+        ids = [p.delivery_id for p in batch if p.delivery_id] + [d[2] for d in deliveries if len(d) > 2 and d[2]]
+        delivered = [i for i in ids if self.answer_for_delivery(i) is not None]
+        if delivered:
+            raise DeliveryTaken(delivered[0]) from None
         raise conflict
 
     def _write(self, s: Session, batch: list[ProcessedMessage], deliveries: list[tuple[MessageKey, datetime]],
@@ -228,15 +249,16 @@ class SqlStore:
             records.append(record)
         if records:
             self._insert_records(s, records)
-        for key, received_at in deliveries:
+        for key, received_at, *delivery_id in deliveries:
             key_id = s.execute(select(MessageKeyRow.id).where(*_key_matches(key))).scalar_one_or_none()
             if key_id is None:
                 log.warning("delivery of an unknown message key control_id=%s not recorded", key.control_id)
                 continue
-            s.add(DeliveryRow(message_key_id=key_id, received_at=received_at))
+            s.add(DeliveryRow(message_key_id=key_id, received_at=received_at,
+                              delivery_id=clean_text(delivery_id[0]) if delivery_id else None))
 
-    def record_delivery(self, key: MessageKey, received_at: datetime) -> None:
-        self.save_all([], [(key, received_at)])
+    def record_delivery(self, key: MessageKey, received_at: datetime, delivery_id: str | None = None) -> None:
+        self.save_all([], [(key, received_at, delivery_id)])
 
     # --- helpers
 
@@ -250,13 +272,17 @@ class SqlStore:
         findings = [f for r in records for f in r.findings]
         if findings:
             s.execute(insert(FindingRow), findings)
+        overridden = [o for r in records for o in r.overrides]
+        if overridden:
+            s.execute(insert(OverrideRow), overridden)
         s.execute(insert(ChainRow), [r.chain for r in records])
         keyed = [r for r in records if r.key is not None]
         if keyed:
             ids = s.execute(
                 insert(MessageKeyRow).returning(MessageKeyRow.id, sort_by_parameter_order=True), [r.key for r in keyed]
             ).scalars().all()
-            s.execute(insert(DeliveryRow), [{"message_key_id": key_id, "received_at": r.message["received_at"]}
+            s.execute(insert(DeliveryRow), [{"message_key_id": key_id, "received_at": r.message["received_at"],
+                                             "delivery_id": r.message["delivery_id"]}
                                             for key_id, r in zip(ids, keyed, strict=True)])
         if any(r.cancellations for r in records):
             for r in records:

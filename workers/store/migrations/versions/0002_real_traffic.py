@@ -38,32 +38,12 @@ def _processing_id(text: str) -> str:
         return "P"
 
 
-def _set_deliveries_aside() -> list:
-    """SQLite rebuilds message_keys (copy, drop, rename; ids kept) and refuses the drop while
-    `deliveries` rows point at it: they are taken out and put back after the rebuild."""
-    conn = op.get_bind()
-    if conn.dialect.name != "sqlite":
-        return []
-    rows = conn.execute(sa.text("SELECT id, message_key_id, received_at FROM deliveries")).all()
-    conn.execute(sa.text("DELETE FROM deliveries"))
-    return rows
-
-
-def _put_deliveries_back(rows: list) -> None:
-    for row in rows:
-        op.get_bind().execute(
-            sa.text("INSERT INTO deliveries (id, message_key_id, received_at) VALUES (:i, :k, :r)"),
-            {"i": row[0], "k": row[1], "r": row[2]},
-        )
-
-
 def upgrade() -> None:
-    deliveries = _set_deliveries_aside()
+    # (SQLite rebuilds the table: workers/store/engine.py migrates it with foreign keys off)
     with op.batch_alter_table("message_keys") as batch:
         batch.add_column(sa.Column("processing_id", sa.String(500), nullable=False, server_default="P"))
         batch.drop_constraint("uq_message_keys_sender_control", type_="unique")
         batch.create_unique_constraint("uq_message_keys_processing_sender_control", ("processing_id", *_OLD))
-    _put_deliveries_back(deliveries)
     conn = op.get_bind()
     rows = conn.execute(sa.text(
         "SELECT k.id, m.raw_message FROM message_keys k JOIN messages m ON m.id = k.message_id"
@@ -77,9 +57,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    deliveries = _set_deliveries_aside()
     with op.batch_alter_table("message_keys") as batch:
         batch.drop_constraint("uq_message_keys_processing_sender_control", type_="unique")
         batch.create_unique_constraint("uq_message_keys_sender_control", _OLD)
         batch.drop_column("processing_id")
-    _put_deliveries_back(deliveries)

@@ -1,4 +1,5 @@
-"""People and roles (users: name, roles, token SHA-256, revoked_at) and the chained PHI access log.
+"""People and roles (users: name, roles, token SHA-256, revoked_at) and the PHI access log, chained with the
+audit key (HMAC-SHA256; key_id names the key, as audit_chain.key_id).
 
 Revision ID: 0005_access
 Revises: 0004_reliability
@@ -39,6 +40,7 @@ def upgrade() -> None:
         sa.Column("target", sa.Text(), nullable=False),
         sa.Column("prev_hash", sa.String(64), nullable=False),
         sa.Column("hash", sa.String(64), nullable=False),
+        sa.Column("key_id", sa.String(16), nullable=False),
         sa.PrimaryKeyConstraint("seq"),
         sa.UniqueConstraint("hash"),
     )

@@ -123,6 +123,6 @@ def test_without_since_the_whole_log_is_replayed_from_an_empty_history(db):
 def test_usage_errors(db, tmp_path):
     for argv, words in [(["--protocol", "no-such-protocol"], "--protocol"),
                         (["--since", "2026-02-30"], "since"),
-                        (["--db", f"sqlite:///{tmp_path / 'none.db'}"], "")]:
+                        (["--db", f"sqlite:///{tmp_path / 'none.db'}"], "no rxgate audit log")]:
         with pytest.raises(UsageError, match=words):
             replay(*(["--db", db] if "--db" not in argv else []), *argv)

@@ -25,7 +25,7 @@ from workers.store import open_sql_store
 
 # logout only clears the cookie: it reveals nothing; CDS Hooks discovery is open (docs/interfaces.md §5 "HTTP")
 OPEN = {"/health", "/metrics", "/login", "/logout", "/cds-services"}
-OPERATOR_ONLY = {"/health/details"}  # each route x each role: tests/adapters/test_access.py
+OPERATOR_ONLY = {"/health/details", "/operator/deadletters"}  # each route x each role: tests/adapters/test_access.py
 
 
 @pytest.fixture

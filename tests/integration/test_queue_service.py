@@ -231,6 +231,9 @@ def test_submit_usage_errors_exit_2(env, tmp_path):
 
 
 def test_health_fails_with_the_reason_when_the_broker_is_down(env):
+    from workers.store import open_sql_store
+
+    open_sql_store(env["RXGATE_DATABASE_URL"], create=True).dispose()  # health never creates it
     e = dict(env, RXGATE_BROKER_URL="redis://127.0.0.1:1/0")
     out = subprocess.run([sys.executable, "-m", "workers.cli", "health"], env=e, capture_output=True, text=True,
                          timeout=30)

@@ -143,7 +143,6 @@ class Order(_Model):
     placer_namespace: str = ""  # ORC-2.2
     filler_number: str = ""  # ORC-3.1
     placer_group: str = ""  # ORC-4.1
-    verified_by: str = ""  # ORC-11 as sent (who verified an override)
     drug: Coded = Field(default_factory=Coded)  # RXE-2, else RXO-1
     drug_location: Location | None = None
     amount: Decimal | None = None  # RXE-3, else RXO-2

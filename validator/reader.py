@@ -130,6 +130,14 @@ def within_stored_lengths(header: OrderSet) -> OrderSet:
     return header.model_copy(update=empty) if empty else header
 
 
+def patient_within_stored_lengths(patient: Patient) -> Patient:
+    """The patient an AR keeps (§5: what could be read), or none when PID-3 is too long to store."""
+    if len(patient.id) > STORED_FIELD_LIMITS["patient_id"][1] or \
+            len(patient.key) > STORED_FIELD_LIMITS["patient_key"][1]:
+        return Patient()
+    return patient
+
+
 PROCESSING_IDS = ("P", "T", "D")  # production, training, debugging (docs/protocol.md, Processing id)
 PROCESSING_MODES = ("", "T")  # MSH-11.2: current processing, or T (current processing, transmitted at intervals)
 

@@ -37,6 +37,7 @@ from .reader import (
     check_header_lengths,
     check_limits,
     check_stored_lengths,
+    patient_within_stored_lengths,
     read_header,
     read_order_set,
     readable_patient,
@@ -405,7 +406,7 @@ def _reject(
     """Answer AR for the message as a whole, audit it (with the patient when PID-3 was readable), log it."""
     response = build_rejection(header, rejection.rule, rejection.code, rejection.message, rejection.location,
                                call.now())
-    patient = patient or Patient()
+    patient = patient_within_stored_lengths(patient or Patient())
     result = CheckResult.rejected(header, rejection.rule, rejection.message, rejection.location, response,
                                   patient_id=patient.id or None)
     outcome = _save(call, key, result, header, text, Writes(patient_key=patient.key))

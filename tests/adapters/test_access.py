@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import secrets
+import sqlite3
 from datetime import UTC, datetime
 
 import fakeredis
@@ -41,14 +42,28 @@ def bearer(role: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS[role] if role != 'legacy' else LEGACY_TOKEN}"}
 
 
-@pytest.fixture
-def site(sqlite_url):
-    """A filled audit log, one person per role, the old single token, a fake queue behind /hl7."""
-    fill_audit_store(sqlite_url)
-    store = open_sql_store(sqlite_url, create=False)
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory):
+    """The filled audit log and one person per role, made once; each test gets its own copy (`site`)."""
+    path = tmp_path_factory.mktemp("access") / "template.db"
+    url = f"sqlite:///{path}"
+    fill_audit_store(url)
+    store = open_sql_store(url, create=False)
     ledger = AccessLedger(store)
     for role, token in TOKENS.items():
         ledger.add_user(NAMES[role], [role], token, datetime.now(UTC))
+    store.dispose()
+    return path
+
+
+@pytest.fixture
+def site(template_db, tmp_path):
+    """A filled audit log, one person per role, the old single token, a fake queue behind /hl7."""
+    path = tmp_path / "rxgate.db"
+    with sqlite3.connect(template_db) as src, sqlite3.connect(path) as dst:
+        src.backup(dst)
+    store = open_sql_store(f"sqlite:///{path}", create=False)
+    ledger = AccessLedger(store)
     clock = FakeClock(1_000_000.0)
     judge = FakeHl7Judge()
     settings = Settings(max_message_bytes=MAX_MESSAGE)
@@ -163,12 +178,12 @@ def test_the_old_single_token_is_one_auditor_named_audit_token(site):
     assert rows(ledger)[-1].user == "audit-token"
 
 
-def test_the_access_log_is_chained(site, sqlite_url):
-    client, _app, ledger, *_ = site
+def test_the_access_log_is_chained(site):
+    client, app, ledger, *_ = site
     for i in (1, 2, 3):
         client.get(f"/audit/messages/{i}", headers=bearer("auditor"))
     assert ledger.verify().intact and ledger.verify().checked == 3
-    store = open_sql_store(sqlite_url, create=False)
+    store = app.state.store
     with store.engine.begin() as conn:
         conn.execute(text("UPDATE access_log SET target = 'record 9' WHERE seq = 2"))
     broken = ledger.verify()
@@ -177,18 +192,17 @@ def test_the_access_log_is_chained(site, sqlite_url):
         conn.execute(text("UPDATE access_log SET target = 'record 2' WHERE seq = 2"))
         conn.execute(text("DELETE FROM access_log WHERE seq = 2"))
     assert ledger.verify().first_bad_seq == 2
-    store.dispose()
 
 
-def test_a_forged_access_row_with_a_recomputed_hash_is_caught(site, sqlite_url):
+def test_a_forged_access_row_with_a_recomputed_hash_is_caught(site):
     """Keyed like the audit chain: whoever can write the database but lacks the audit key cannot forge a row."""
     from workers.store.access import _entry_content
     from workers.store.chain import ChainKey, chain_hash
 
-    client, _app, ledger, *_ = site
+    client, app, ledger, *_ = site
     client.get("/audit/messages/1", headers=bearer("auditor"))
     (first,) = rows(ledger)
-    store = open_sql_store(sqlite_url, create=False)
+    store = app.state.store
     with store.engine.connect() as conn:
         prev = conn.execute(text("SELECT hash FROM access_log WHERE seq = 1")).scalar_one()
     content = {"at": first.at, "user_name": "mallory", "address": "10.9.9.9", "action": "GET /ui", "target": ""}
@@ -202,7 +216,6 @@ def test_a_forged_access_row_with_a_recomputed_hash_is_caught(site, sqlite_url):
                          {"at": first.at.replace(tzinfo=None), "prev": prev, "hash": forged, "kid": key_id})
         broken = ledger.verify()
         assert not broken.intact and broken.first_bad_seq == 2 and "audit key" in broken.reason
-    store.dispose()
 
 
 def test_a_read_whose_row_cannot_be_written_is_refused(site, monkeypatch):

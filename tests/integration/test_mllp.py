@@ -137,3 +137,21 @@ def test_broker_down_answers_ar_not_queued(env, procs):
         [resp] = read_frames(s, 1, timeout=10)
     assert ack(resp) == ("AR", "MB0001")
     assert "service.not_processed" in resp and "not queued (broker unavailable), resend" in resp
+
+
+def test_a_frame_is_one_delivery_junk_or_two_messages_get_one_ar(env, procs):
+    """Issue 15 item 2: a frame with data before its MSH, or with two messages, is one delivery: one
+    AR for the frame, one audit record, and the clean resend is judged afresh (AA)."""
+    start_bridge(procs, env)
+    port = start_listener(procs)
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(framed("abc\r" + adult_order_set("MJ0001", mrn="MLJ1")))
+        s.sendall(framed(adult_order_set("MJ0002", mrn="MLJ2") + adult_order_set("MJ0003", mrn="MLJ3")))
+        s.sendall(framed(adult_order_set("MJ0001", mrn="MLJ1")))
+        answers = read_frames(s, 3)
+        assert [ack(a)[0] for a in answers] == ["AR", "AR", "AA"]
+        assert [ack(a)[1] for a in answers[1:]] == ["MJ0002", "MJ0001"]
+        s.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            s.recv(65536)  # nothing more: one answer per frame
+    assert audit_count(env) == 3

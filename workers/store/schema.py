@@ -98,7 +98,7 @@ class ChainRow(Base):
 
 class MessageRow(Base):
     __tablename__ = "messages"
-    __table_args__ = (UniqueConstraint("delivery_id", name="uq_messages_delivery_id"),)
+    __table_args__ = (Index("uq_messages_delivery_id", "delivery_id", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
@@ -167,7 +167,7 @@ class MessageKeyRow(Base):
 
 class DeliveryRow(Base):
     __tablename__ = "deliveries"
-    __table_args__ = (UniqueConstraint("delivery_id", name="uq_deliveries_delivery_id"),)
+    __table_args__ = (Index("uq_deliveries_delivery_id", "delivery_id", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     message_key_id: Mapped[int] = mapped_column(ForeignKey("message_keys.id"), index=True)

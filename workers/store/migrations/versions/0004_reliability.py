@@ -20,22 +20,21 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("audit_chain") as batch:
-        batch.add_column(sa.Column("key_id", sa.String(16), nullable=True))
-    with op.batch_alter_table("messages") as batch:
-        batch.add_column(sa.Column("delivery_id", sa.String(200), nullable=True))
-        batch.create_unique_constraint("uq_messages_delivery_id", ["delivery_id"])
-    with op.batch_alter_table("deliveries") as batch:
-        batch.add_column(sa.Column("delivery_id", sa.String(200), nullable=True))
-        batch.create_unique_constraint("uq_deliveries_delivery_id", ["delivery_id"])
+    # plain ADD COLUMN and unique indexes, no table rebuild: on SQLite a batch rebuild of `messages`, which
+    # other tables reference, fails on a log with rows ("FOREIGN KEY constraint failed")
+    op.add_column("audit_chain", sa.Column("key_id", sa.String(16), nullable=True))
+    op.add_column("messages", sa.Column("delivery_id", sa.String(200), nullable=True))
+    op.create_index("uq_messages_delivery_id", "messages", ["delivery_id"], unique=True)
+    op.add_column("deliveries", sa.Column("delivery_id", sa.String(200), nullable=True))
+    op.create_index("uq_deliveries_delivery_id", "deliveries", ["delivery_id"], unique=True)
 
 
 def downgrade() -> None:
+    op.drop_index("uq_deliveries_delivery_id", table_name="deliveries")
+    op.drop_index("uq_messages_delivery_id", table_name="messages")
     with op.batch_alter_table("deliveries") as batch:
-        batch.drop_constraint("uq_deliveries_delivery_id", type_="unique")
         batch.drop_column("delivery_id")
     with op.batch_alter_table("messages") as batch:
-        batch.drop_constraint("uq_messages_delivery_id", type_="unique")
         batch.drop_column("delivery_id")
     with op.batch_alter_table("audit_chain") as batch:
         batch.drop_column("key_id")

@@ -16,7 +16,24 @@ HEADER = """# Benchmarks
 """
 
 PATH_LABELS = {"bridge": "bridge (default: a read's entries in one transaction)",
-               "bridge_unbatched": "bridge, RXGATE_STORE_BATCH=1 (reference: one transaction per entry)"}
+               "bridge_unbatched": "bridge, RXGATE_STORE_BATCH=1 (reference: one transaction per entry)",
+               "celery_amqp": "celery on RabbitMQ (quorum queue, publisher confirms; results in Redis)"}
+
+
+def _cpu(x: dict) -> str:
+    return _f(x.get("cpu_ms_per_message", {}).get("total"), 2)
+
+
+def queue_row(store: str, n: Any, path: str, e: dict, res: dict) -> str:
+    """One row of the part 2 table (also used to add a row measured in a run of its own)."""
+    l50, l90 = e["latency"].get("50%"), e["latency"].get("90%")
+    lat = lambda x: f"{x['latency_p50_ms']} / {x['latency_p99_ms']} @ {x['rate']}/s" if x else "–"  # noqa: E731
+    c = e.get("in_process") or res["in_process"]
+    return (f"| {store} | {n} | {PATH_LABELS.get(path, path)} | {c['per_second']} ({_f(c.get('cpu_ms_per_message'), 2)}) | "
+            f"{e['max']['per_second']} | {e['ideal_per_second']} | {_pct(e['efficiency'])} | "
+            f"{_cpu(e['max'])} ({_f(e.get('cpu_ideal_ms_per_message'), 2)}) | {_pct(e.get('cpu_efficiency'))} | "
+            f"{(e.get('in_process_together') or {}).get('per_second', '–')} | "
+            f"{_pct(e.get('efficiency_vs_together'))} | {lat(l50)} | {lat(l90)} |")
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -123,8 +140,14 @@ def tables(r: dict[str, Any]) -> str:
         w("| N | (d) Celery no-op /s | CPU ms/msg | (d) stream round trip /s | CPU ms/msg |")
         w("|---|---|---|---|---|")
         for n, t in q["transport"].items():
-            w(f"| {n} | {t['celery_noop']['per_second']} | {cpu(t['celery_noop'])} | {t['stream_echo']['per_second']} | "
-              f"{cpu(t['stream_echo'])} |")
+            get = lambda k, t=t: (t[k]["per_second"], cpu(t[k])) if k in t else ("–", "–")  # noqa: E731
+            w(f"| {n} | {get('celery_noop')[0]} | {get('celery_noop')[1]} | {get('stream_echo')[0]} | "
+              f"{get('stream_echo')[1]} |")
+        if any("celery_amqp_noop" in t for t in q["transport"].values()):
+            w("")
+            w("Celery on RabbitMQ no-op (d): " + ", ".join(
+                f"N={n} {t['celery_amqp_noop']['per_second']}/s ({cpu(t['celery_amqp_noop'])} CPU ms/msg)"
+                for n, t in q["transport"].items() if "celery_amqp_noop" in t) + ".")
         w("")
         w("| store | N | path | (c) in-process /s (CPU ms/msg) | measured /s | ideal /s | efficiency | "
           "CPU ms/msg: path (ideal) | CPU efficiency | (c) of N processes together /s | efficiency vs that | "
@@ -133,15 +156,7 @@ def tables(r: dict[str, Any]) -> str:
         for store, res in q["stores"].items():
             for n in r["config"]["queue_n"]:
                 for path, e in res.get(str(n), {}).items():
-                    path = PATH_LABELS.get(path, path)
-                    l50, l90 = e["latency"].get("50%"), e["latency"].get("90%")
-                    lat = lambda x: f"{x['latency_p50_ms']} / {x['latency_p99_ms']} @ {x['rate']}/s" if x else "–"  # noqa: E731
-                    c = e.get("in_process") or res["in_process"]
-                    w(f"| {store} | {n} | {path} | {c['per_second']} ({_f(c.get('cpu_ms_per_message'), 2)}) | "
-                      f"{e['max']['per_second']} | {e['ideal_per_second']} | {_pct(e['efficiency'])} | "
-                      f"{cpu(e['max'])} ({_f(e.get('cpu_ideal_ms_per_message'), 2)}) | {_pct(e.get('cpu_efficiency'))} | "
-                      f"{(e.get('in_process_together') or {}).get('per_second', '–')} | "
-                      f"{_pct(e.get('efficiency_vs_together'))} | {lat(l50)} | {lat(l90)} |")
+                    w(queue_row(store, n, path, e, res))
     w("")
 
     # part 3

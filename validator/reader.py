@@ -469,7 +469,7 @@ def readable_patient(raw: RawMessage) -> Patient:
     the audit record of an `AR` keeps it (docs/interfaces.md §5, "Rejected messages keep what could be
     read"). An empty `Patient` when there is no PID."""
     pid = next((seg for seg in raw.segments()[1:] if seg.name == "PID"), None)
-    return _read_patient(pid) if pid is not None else Patient()
+    return _read_patient(pid) if pid is not None else Patient()  # within the stored lengths: service._reject
 
 
 def _read_patient(pid: Segment) -> Patient:

@@ -9,7 +9,7 @@ import sqlite3
 from datetime import UTC, datetime
 
 from tests.builders import adult_order_set, go_order
-from validator import load_protocol, process_text
+from validator import InMemoryStore, load_protocol, process_text
 from workers.http.segments import annotate_segments
 from workers.store import open_sql_store
 from workers.store.audit import get_message
@@ -28,7 +28,7 @@ def orderset(findings: list[dict]) -> list[dict]:
 
 
 def test_json_findings_carry_their_order_index():
-    [outcome] = process_text(refused_dose_with_premeds(), __import__("validator").InMemoryStore(), load_protocol(),
+    [outcome] = process_text(refused_dose_with_premeds(), InMemoryStore(), load_protocol(),
                              tz=UTC, received_at=WHEN)
     found = orderset(outcome.result["findings"])
     assert len({f["message"] for f in found}) == 1  # the same text three times ...
@@ -62,7 +62,7 @@ def test_a_result_stored_without_order_index_is_filed_by_position_not_by_text():
 
 def test_page_highlights_each_order_note_on_its_own_orc():
     text = refused_dose_with_premeds()
-    [outcome] = process_text(text, __import__("validator").InMemoryStore(), load_protocol(), tz=UTC,
+    [outcome] = process_text(text, InMemoryStore(), load_protocol(), tz=UTC,
                              received_at=WHEN)
     views = annotate_segments(text, orderset(outcome.result["findings"])[2:], outcome.response)  # the third
     marked = [v.occurrence for v in views if v.name == "ORC" and v.flagged]

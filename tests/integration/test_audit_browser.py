@@ -47,7 +47,7 @@ def server(tmp_path):
     protocol = load_protocol()
     for i, text in enumerate([
         adult_order_set("B0001"),
-        adult_order_set("B0002", go=go_order(route="PO^Oral^HL70162")),
+        adult_order_set("B0002", go=go_order(route="PO^Oral^HL70162"), mrn="MRN702"),  # not ORD1001 again
         adult_order_set("B0003", go=go_order(dose="30"), mrn="MRN777"),
     ]):
         process_text(text, store, protocol, tz=UTC, received_at=WHEN + timedelta(minutes=i))

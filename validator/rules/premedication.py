@@ -6,17 +6,20 @@ with dose × `potency_ratio`), the dose needs an order of that drug that
 *belongs* to it: in this message, or an earlier accepted order in the course
 history. A premed order belongs to the GO dose whose start (TQ1-7) is nearest to
 its own, within `premedication.belongs_within_hours` before or after (inclusive);
-one that starts after the GO start belongs to it and is an error. Every
-belonging order must have
+one that starts after the GO start belongs to it and is an error. Premeds add
+up: the totals of RXE-3 and of RXE-4 over a drug's belonging orders (message
+and history, equivalents at their potency ratio; an order sent again counts
+once) must meet the dose; and every belonging order must have
 
-- a dose (RXE-3/RXE-5, units from `units.mass_mg`) within
+- a dose (RXE-3/RXE-5, units from `units.mass_mg`, by identifier first) within
   ± `premedication.dose_tolerance_percent` of the adult or pediatric rule
   (fixed mg, or mg/kg × the most recent weight OBX, capped at `max_mg`; the
-  allowed range never goes above the cap);
-- a route (RXR-1) in the premed's `routes`, or a text mapped by
-  `premedication.route_text` ("oral" → PO);
+  allowed range never goes above the cap, and no override accepts more);
+- a route (RXR-1) in the premed's `routes`, by code first; a text mapped by
+  `premedication.route_text` ("oral" → PO) only when the code is empty;
 - a start between `window.min_minutes_before` and `window.max_minutes_before`
-  minutes before the GO start (inclusive, to the second).
+  minutes before the GO start (inclusive, between exact instants; a skipped,
+  repeated or coarse time at its reading outside the window).
 
 Orders marked as needed (TQ1-9 `PRN` or a TQ1-10 condition) are rescue orders:
 neither required nor judged, and they belong to no dose.

@@ -23,7 +23,7 @@ run: install
 		RXGATE_AUDIT_KEY_FILE=var/audit.key $(VENV)/bin/rxgate serve; else $(VENV)/bin/rxgate serve; fi
 
 # The whole suite in two pytest processes (pytest-xdist; a test file stays in one process, so its module
-# fixtures are made once): ~4.5 CPU-minutes, timings in README (Tests). Hypothesis at RXGATE_FUZZ_SCALE=1, the fault tests with
+# fixtures are made once): ~6 CPU-minutes, ~4 min on an idle 2-core machine, timings in README (Tests). Hypothesis at RXGATE_FUZZ_SCALE=1, the fault tests with
 # 10 kills and 10 s outages. Tests write under tmp dirs only (tests/conftest.py): no .pytest_cache here either.
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile

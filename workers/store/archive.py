@@ -35,10 +35,10 @@ from workers.store.chain import (
     chain_hash,
     chained_content,
     link_problem,
-    read_parts,
+    read_records,
 )
 from workers.store.errors import database_errors
-from workers.store.schema import ChainRow, MessageRow, ResponseRow, VerdictRow
+from workers.store.schema import ChainRow, MessageRow
 from workers.store.sqlstore import SqlStore
 
 FORMAT = 1
@@ -66,18 +66,10 @@ def archive_lines(store: SqlStore, last_seq: int, batch: int = 500) -> Iterator[
             lo = done + 1
             chain = list(s.execute(select(ChainRow).where(ChainRow.seq >= lo, ChainRow.seq <= hi)
                                    .order_by(ChainRow.seq)).scalars())
-            messages = {m.id: m for m in s.execute(
-                select(MessageRow).where(MessageRow.id >= lo, MessageRow.id <= hi)).scalars()}
-            verdicts = {v.message_id: v for v in s.execute(
-                select(VerdictRow).where(VerdictRow.message_id >= lo, VerdictRow.message_id <= hi)).scalars()}
-            responses = {r.message_id: r for r in s.execute(
-                select(ResponseRow).where(ResponseRow.message_id >= lo, ResponseRow.message_id <= hi)).scalars()}
-            parts = read_parts(s, lo, hi)
+            records = read_records(s, lo, hi)
             for row in chain:
-                message = messages.get(row.seq)
-                content = None if message is None else chained_content(
-                    row.key_id, message, verdicts.get(row.seq), responses.get(row.seq),
-                    {name: rows.get(row.seq, []) for name, rows in parts.items()})
+                message, verdict, response, parts = records.of(row.seq)
+                content = None if message is None else chained_content(row.key_id, message, verdict, response, parts)
                 # written as stored: a record already broken in the database verifies as broken in the file
                 yield {"seq": row.seq, "prev_hash": row.prev_hash, "hash": row.hash, "key_id": row.key_id,
                        "content": content}

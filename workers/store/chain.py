@@ -327,18 +327,10 @@ def _walk_chain(s: Session, walk: _Walk, batch: int) -> None:
         )
         if not chain:
             return
-        lo, hi = chain[0].seq, chain[-1].seq
-        messages = {m.id: m for m in s.execute(
-            select(MessageRow).where(MessageRow.id >= lo, MessageRow.id <= hi)).scalars()}
-        verdicts = {v.message_id: v for v in s.execute(
-            select(VerdictRow).where(VerdictRow.message_id >= lo, VerdictRow.message_id <= hi)).scalars()}
-        responses = {r.message_id: r for r in s.execute(
-            select(ResponseRow).where(ResponseRow.message_id >= lo, ResponseRow.message_id <= hi)).scalars()}
-        parts = read_parts(s, lo, hi)
+        records = read_records(s, chain[0].seq, chain[-1].seq)
         for row in chain:
-            _check_record(walk, row, messages.get(row.seq), verdicts.get(row.seq), responses.get(row.seq),
-                          {name: rows.get(row.seq, []) for name, rows in parts.items()})
-        last_seq = hi
+            _check_record(walk, row, *records.of(row.seq))
+        last_seq = chain[-1].seq
 
 
 def _check_record(walk: _Walk, row: ChainRow, message: MessageRow | None, verdict: VerdictRow | None,
@@ -367,6 +359,32 @@ def _check_plain_record(walk: _Walk, row: ChainRow, content: dict[str, Any]) -> 
     if chain_hash(content, row.seq, walk.prev_hash) != row.hash:
         raise _Broken(row.seq, "its content was altered (message, verdict, findings or "
                                "response differ from what was recorded)")
+
+
+@dataclass(frozen=True)
+class Records:
+    """The rows of records lo..hi, read at once: `of(seq)` gives one record's (message, verdict, response, parts)."""
+
+    messages: dict[int, MessageRow]
+    verdicts: dict[int, VerdictRow]
+    responses: dict[int, ResponseRow]
+    parts: dict[str, dict[int, list]]
+
+    def of(self, seq: int) -> tuple[MessageRow | None, VerdictRow | None, ResponseRow | None, dict[str, list]]:
+        return (self.messages.get(seq), self.verdicts.get(seq), self.responses.get(seq),
+                {name: rows.get(seq, []) for name, rows in self.parts.items()})
+
+
+def read_records(s: Session, lo: int, hi: int) -> Records:
+    """Every row a chain row's hash covers, for the records lo..hi (verification and archives)."""
+    return Records(
+        messages={m.id: m for m in s.execute(
+            select(MessageRow).where(MessageRow.id >= lo, MessageRow.id <= hi)).scalars()},
+        verdicts={v.message_id: v for v in s.execute(
+            select(VerdictRow).where(VerdictRow.message_id >= lo, VerdictRow.message_id <= hi)).scalars()},
+        responses={r.message_id: r for r in s.execute(
+            select(ResponseRow).where(ResponseRow.message_id >= lo, ResponseRow.message_id <= hi)).scalars()},
+        parts=read_parts(s, lo, hi))
 
 
 def read_parts(s: Session, lo: int, hi: int) -> dict[str, dict[int, list]]:

@@ -9,6 +9,9 @@
                                                           who read patient data (the chained access log);
                                                           exit 1 when its chain is broken
     rxgate audit archive --before DATE --out FILE [--db URL]   the chain up to DATE as JSON Lines (retention)
+    rxgate audit seed --from OLD_URL --db NEW_URL [--days N]   a new, empty database started with an anchor
+                                                          record naming OLD's head and OLD's recent course
+                                                          history and message keys (retention)
 
 A query that prints patient data is itself a read: it leaves an access-log row naming the OS user
 (`cli:NAME`). CSV cells that would start a formula (= + - @, a tab or a carriage return) are
@@ -47,7 +50,7 @@ def register(sub) -> None:
         description="Query the audit log (filters combine with AND), `audit verify` to check its hash chain, "
                     "`audit head` to print the latest sequence number and hash for anchoring elsewhere.",
     )
-    p.add_argument("action", nargs="?", choices=("verify", "head", "access", "archive"),
+    p.add_argument("action", nargs="?", choices=("verify", "head", "access", "archive", "seed"),
                    help="verify the chain, print its head, list the access log, or archive its first records")
     p.add_argument("--user", help="access: reads by this user only")
     p.add_argument("--db", help="database URL (else RXGATE_DATABASE_URL, else ./var/rxgate.db)")
@@ -65,6 +68,11 @@ def register(sub) -> None:
     p.add_argument("--file", metavar="FILE", help="verify: an archive written by `audit archive` (no database)")
     p.add_argument("--before", metavar="DATE", help="archive: the records received before DATE (YYYY-MM-DD)")
     p.add_argument("--out", metavar="FILE", help="archive: the JSON Lines file to write (not overwritten)")
+    p.add_argument("--from", dest="from_db", metavar="OLD_URL", help="seed: the old database (read only)")
+    p.add_argument("--days", type=int, help="seed: days of history and message keys to copy "
+                                            "(default: the longest course_days + 60)")
+    p.add_argument("--protocol", help="seed: protocol file or directory for the default --days "
+                                      "(else RXGATE_PROTOCOL)")
     p.set_defaults(func=cmd_audit)
 
 
@@ -105,7 +113,7 @@ def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
         raise UsageError("--file applies to `audit verify` only")
     if args.action != "archive" and (args.before or args.out):
         raise UsageError("--before/--out apply to `audit archive` only")
-    if args.action in ("verify", "head", "archive"):
+    if args.action in ("verify", "head", "archive", "seed"):
         used = [f"--{k.replace('_', '-')}" for k, v in filters.items() if v] + (
             ["--format"] if args.format != "table" else [])
         used += ["--overridden"] if args.overridden else []
@@ -118,8 +126,12 @@ def cmd_audit(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if args.db:
             raise UsageError("audit verify: --file or --db, not both")
         return _verify_file(args.file, anchor, out)
+    if args.action != "seed" and (args.from_db or args.days is not None or args.protocol):
+        raise UsageError("--from/--days/--protocol apply to `audit seed` only")
     if args.action == "archive":
         return _archive(args, settings, out)
+    if args.action == "seed":
+        return _seed(args, settings, out)
     if args.action is None:
         if args.format not in ("table", "json", "csv"):
             raise UsageError(f"--format must be table, json or csv (got {args.format!r})")
@@ -297,6 +309,66 @@ def _archive(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     else:
         out.write(f"no record received before {before}: {target} holds the header only\n")
     return 0
+
+
+def _seed(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from workers.store import StoreMissing, open_sql_store
+    from workers.store.chain import ChainKeyError
+    from workers.store.seed import SeedRefused, default_days, seed_store
+
+    if not args.from_db or not args.db:
+        raise UsageError("audit seed needs --from OLD_URL and --db NEW_URL")
+    days = args.days if args.days is not None else _default_days(args, settings, default_days)
+    if days < 1:
+        raise UsageError("--days must be at least 1")
+    old = _open(argparse.Namespace(db=args.from_db), settings)
+    try:
+        try:
+            keys = settings.chain_keys()
+        except ChainKeyError as exc:
+            raise UsageError(f"audit seed: {exc}") from None
+        verified = verify_old(old, keys)
+        if not verified.intact:
+            raise UsageError(f"--from: {verified.describe()}: not seeded from a broken log")
+        try:
+            existing = open_sql_store(args.db, create=False, keys=keys)
+        except StoreMissing:
+            existing = None
+        except Exception as exc:  # noqa: BLE001 - an unreachable or bad database is said plainly, exit 2
+            raise UsageError(f"--db: {exc}") from None
+        if existing is not None:
+            try:
+                if existing.count():
+                    raise UsageError(f"--db: {existing.safe_url} is not empty (a seed goes into a new database only)")
+            finally:
+                existing.dispose()
+        new = open_sql_store(args.db, create=True, keys=keys)
+        try:
+            seeded = seed_store(old, new, days)
+        except SeedRefused as exc:
+            raise UsageError(f"--db: {exc}") from None
+        finally:
+            new.dispose()
+    finally:
+        old.dispose()
+    out.write(f"seeded {seeded.history} course history rows and {seeded.keys} message keys of the last {days} "
+              f"days; record 1 anchors {seeded.old_head[0]}:{seeded.old_head[1]}; head 1:{seeded.anchor_hash}\n")
+    return 0
+
+
+def verify_old(store: SqlStore, keys):
+    from workers.store import verify_chain
+
+    return verify_chain(store, keys=keys)
+
+
+def _default_days(args: argparse.Namespace, settings: Settings, default_days) -> int:
+    from validator.protocol import ProtocolError, load_protocol_set
+
+    try:
+        return default_days(load_protocol_set(args.protocol or settings.protocol, settings.protocol_field))
+    except ProtocolError as exc:
+        raise UsageError(f"--protocol: {exc}") from None
 
 
 def _parse_anchor(value: str) -> tuple[int, str]:

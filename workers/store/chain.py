@@ -54,6 +54,8 @@ GENESIS_HASH = "0" * 64
 KEY_ID_LEN = 16  # hex characters of a key id
 MIN_KEY_CHARS = 32  # an audit key is at least this long (e.g. `python -c "import secrets; print(secrets.token_hex(32))"`)
 CONTENT_VERSION = 2  # keyed records: the content holds the message key, history and cancellations too
+ANCHOR_TYPE = "rxgate.anchor"  # a new database's first record: names the old head, holds the seeded rows
+ANCHOR_DELIVERY = "seed:anchor"  # its delivery id: no transport writes it, so no sent message is taken for one
 
 
 class ChainKeyError(ValueError):
@@ -146,7 +148,7 @@ def _utc_iso(value: datetime | None) -> str | None:
 def record_content(
     message: MessageRow, verdict: VerdictRow | None, response: ResponseRow | None, findings: list[FindingRow],
     *, keyed: bool = False, message_key: MessageKeyRow | None = None, history: list[HistoryRow] = (),
-    cancellations: list[CancellationRow] = (),
+    cancellations: list[CancellationRow] = (), seeded_keys: list[MessageKeyRow] | None = None,
 ) -> dict[str, Any]:
     """What the chain hashes for one record: every audited column of its rows.
 
@@ -169,7 +171,20 @@ def record_content(
         }
         content["history"] = sorted((history_content(h) for h in history), key=canonical_json)
         content["cancellations"] = sorted((cancellation_content(c) for c in cancellations), key=canonical_json)
+        if seeded_keys is not None:  # an anchor record (workers/store/seed.py): every message key copied
+            content["seeded_keys"] = sorted((seeded_key_content(k) for k in seeded_keys), key=canonical_json)
     return content
+
+
+def is_anchor(message: MessageRow) -> bool:
+    """The first record of a seeded database (`rxgate audit seed`): its content holds every copied message key."""
+    return message.id == 1 and message.message_type == ANCHOR_TYPE and message.delivery_id == ANCHOR_DELIVERY
+
+
+def seeded_key_content(k: MessageKeyRow) -> dict[str, Any]:
+    return {"processing_id": k.processing_id, "sending_application": k.sending_application,
+            "sending_facility": k.sending_facility, "control_id": k.control_id,
+            "content_sha256": k.content_sha256, "result": k.result}
 
 
 def history_content(h: HistoryRow) -> dict[str, Any]:
@@ -401,6 +416,9 @@ def chained_content(key_id: str | None, message: MessageRow, verdict: VerdictRow
     if key_id is None:
         return record_content(message, verdict, response, parts["findings"])
     keys = parts["keys"]
+    if is_anchor(message):
+        return record_content(message, verdict, response, parts["findings"], keyed=True, history=parts["history"],
+                              cancellations=parts["cancellations"], seeded_keys=keys)
     return record_content(message, verdict, response, parts["findings"], keyed=True,
                           message_key=keys[0] if keys else None, history=parts["history"],
                           cancellations=parts["cancellations"])
@@ -410,7 +428,7 @@ def _check_keyed_record(walk: _Walk, row: ChainRow, message: MessageRow, verdict
                         response: ResponseRow | None, parts: dict[str, list]) -> None:
     if walk.keyed_from is None:
         walk.keyed_from = row.seq
-    if len(parts["keys"]) > 1:
+    if len(parts["keys"]) > 1 and not is_anchor(message):
         raise _Broken(row.seq, "it has more than one message key row (one was inserted)")
     content = chained_content(row.key_id, message, verdict, response, parts)
     problem = link_problem(row.seq, walk.prev_hash, row.hash, row.key_id, content, walk.keys)

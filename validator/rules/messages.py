@@ -115,6 +115,12 @@ MESSAGE_RULES: tuple[MessageRule, ...] = (
         "Audit only (info, never in ERR-5): an operator dropped a dead letter (`rxgate deadletter drop ID "
         "--reason TEXT`): who, why, the dead-letter id and reason.",
     ),
+    MessageRule(
+        ("rxgate.anchor",),
+        "Audit only (info, never in ERR-5): the first record of a database seeded by `rxgate audit seed`, "
+        "naming the old audit log's head SEQ:HASH and how many course history rows and message keys "
+        "were copied into it (docs/interfaces.md §5 \"Retention\").",
+    ),
 )
 
 

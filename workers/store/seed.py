@@ -43,7 +43,7 @@ from workers.store.schema import (
 )
 from workers.store.sqlstore import SqlStore
 
-LOOKBACK_EXTRA_DAYS = 60  # contract §5: at least the longest course_days + 60 days are seeded
+LOOKBACK_EXTRA_DAYS = 60  # docs/interfaces.md §5: the longest course_days + 60 days are seeded
 
 
 class SeedRefused(ValueError):

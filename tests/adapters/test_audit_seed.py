@@ -149,3 +149,19 @@ def test_days_window_and_its_default(old_db, tmp_path):
     settings = Settings()
     protocols = load_protocol_set(settings.protocol, settings.protocol_field)
     assert default_days(protocols) == max(p.schedule.course_days for p in protocols.protocols) + 60
+
+
+def test_a_seeded_order_cancelled_in_the_new_database_verifies(old_db, tmp_path):
+    from tests.builders import cancel_message
+
+    new_url = seeded(old_db[0], tmp_path)
+    new = open_sql_store(new_url, create=False)
+    try:
+        (cancel,) = process_text(cancel_message("S100", "ORD1", mrn="SEEDMRN1"), new, load_protocol(), tz=UTC)
+        with new.read_session() as s:
+            cancelled = s.execute(select(HistoryRow.cancelled_by).where(HistoryRow.placer_number == "ORD1")).scalar()
+    finally:
+        new.dispose()
+    assert cancel.ack_code == "AA" and cancelled == 2  # the seeded day-1 row, cancelled by record 2
+    code, out = audit("verify", "--db", new_url)
+    assert code == 0 and "intact: 2 records" in out

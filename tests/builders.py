@@ -313,3 +313,17 @@ def login(client, token: str, **extra):
     assert found, "the login form has no CSRF token"
     extra.setdefault("follow_redirects", False)
     return client.post("/login", data={"token": token, "csrf": found.group(1)}, **extra)
+
+
+def audit_cli(*argv: str) -> tuple[int, str]:
+    """`rxgate audit ARGV…` in-process: its exit code and what it printed on standard output."""
+    import argparse
+    import io
+
+    from workers.cli.audit import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["audit", *argv])
+    out = io.StringIO()
+    return args.func(args, out=out), out.getvalue()

@@ -213,3 +213,15 @@ def store(db_url):
     s = open_sql_store(db_url, create=True)
     yield s
     s.dispose()
+
+
+@pytest.fixture
+def filled_audit_db(tmp_path, monkeypatch) -> str:
+    """A SQLite audit log filled by tests.builders.fill_audit_store, read in New York time."""
+    from tests.builders import fill_audit_store
+
+    monkeypatch.setenv("RXGATE_TIMEZONE", "America/New_York")
+    monkeypatch.delenv("RXGATE_DATABASE_URL", raising=False)
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    fill_audit_store(url)
+    return url

@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 
 import pytest
 
-from tests.builders import fill_audit_store
-from workers.cli.audit import register
+from tests.builders import audit_cli
 from workers.cli.usage import UsageError
 
 
 @pytest.fixture
-def db(tmp_path, monkeypatch):
-    monkeypatch.setenv("RXGATE_TIMEZONE", "America/New_York")
-    monkeypatch.delenv("RXGATE_DATABASE_URL", raising=False)
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
-    fill_audit_store(url)
-    return url
+def db(filled_audit_db):
+    return filled_audit_db
 
 
-def audit(*argv: str) -> tuple[int, str]:
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["audit", *argv])
-    out = io.StringIO()
-    return args.func(args, out=out), out.getvalue()
+audit = audit_cli  # tests.builders: `rxgate audit` in-process
 
 
 def test_archive_before_a_date_verifies_on_its_own(db, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -15,30 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.builders import adult_order_set, audit_record, fill_audit_store, go_order
+from tests.builders import adult_order_set, audit_cli, audit_record, go_order
 from tests.paths import ROOT
-from workers.cli.audit import CSV_COLUMNS, register
+from workers.cli.audit import CSV_COLUMNS
 from workers.cli.usage import UsageError
 from workers.store import open_sql_store
 
 
 @pytest.fixture
-def db(tmp_path, monkeypatch):
+def db(filled_audit_db):
     """A log in New York time: C1 late on Nov 30 local (Dec 1 UTC), C2 at local midnight Dec 1, ..."""
-    monkeypatch.setenv("RXGATE_TIMEZONE", "America/New_York")
-    monkeypatch.delenv("RXGATE_DATABASE_URL", raising=False)
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
-    fill_audit_store(url)
-    return url
+    return filled_audit_db
 
 
-def audit(*argv: str) -> tuple[int, str]:
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["audit", *argv])
-    out = io.StringIO()
-    code = args.func(args, out=out)
-    return code, out.getvalue()
+audit = audit_cli  # tests.builders: `rxgate audit` in-process
 
 
 def ids(db: str, *argv: str) -> list[str]:

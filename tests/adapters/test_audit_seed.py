@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-import io
 from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import delete, select, update
 
-from tests.builders import go_dose_message
+from tests.builders import audit_cli, go_dose_message
 from validator import load_protocol, process_text
-from workers.cli.audit import register
 from workers.cli.usage import UsageError
 from workers.store import open_sql_store
 from workers.store.schema import FindingRow, HistoryRow, MessageKeyRow
 from workers.store.seed import default_days, seed_store
 
-
-def audit(*argv: str) -> tuple[int, str]:
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["audit", *argv])
-    out = io.StringIO()
-    return args.func(args, out=out), out.getvalue()
+audit = audit_cli  # tests.builders: `rxgate audit` in-process
 
 
 DAY1 = go_dose_message("S001", "20261201", placer="ORD1", mrn="SEEDMRN1")

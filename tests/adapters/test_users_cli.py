@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.builders import audit_record, fill_audit_store
+from tests.builders import audit_record
 from workers.cli import build_parser
 from workers.cli.audit import safe_cell
 from workers.cli.usage import UsageError
@@ -21,12 +21,8 @@ from workers.store.access import AccessLedger
 
 
 @pytest.fixture
-def db(tmp_path, monkeypatch):
-    monkeypatch.setenv("RXGATE_TIMEZONE", "America/New_York")
-    monkeypatch.delenv("RXGATE_DATABASE_URL", raising=False)
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
-    fill_audit_store(url)
-    return url
+def db(filled_audit_db):
+    return filled_audit_db
 
 
 def run(*argv: str, stdin: str | None = None) -> tuple[int, str]:

@@ -268,7 +268,7 @@ def _verify_file(path: str, anchor: tuple[int, str] | None, out: TextIO) -> int:
         raise UsageError(str(exc)) from None
     try:
         with open(path, encoding="utf-8") as f:
-            result = verify_archive(f, keys=keys, anchor=anchor)
+            result = verify_archive(f, keys, anchor=anchor)
     except OSError as exc:
         raise UsageError(f"--file: cannot read {path}: {exc.strerror}") from None
     except (ArchiveError, UnicodeDecodeError) as exc:

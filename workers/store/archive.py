@@ -92,16 +92,11 @@ def write_archive(store: SqlStore, before: date, tz: tzinfo, out: TextIO) -> tup
     return last_seq, header["last_hash"]
 
 
-def verify_archive(lines: Iterable[str], anchor: tuple[int, str] | None = None,
-                   keys: ChainKeys | None = None) -> Verification:
+def verify_archive(lines: Iterable[str], keys: ChainKeys, anchor: tuple[int, str] | None = None) -> Verification:
     """Recompute the archive's chain from its own lines (no database): the first bad record is named; a
     header whose count or last hash differs from the records (a cut or extended file) is broken too.
-    Keyed records (a `key_id`) need the audit keys (`keys`, else RXGATE_AUDIT_KEY / _FILE); records from
+    Keyed records (a `key_id`) need the audit keys (`keys`, from the caller's settings); records from
     before the chain was keyed verify with plain SHA-256, and only before every keyed one."""
-    if keys is None:
-        from workers.settings import Settings
-
-        keys = Settings().chain_keys()
     keyed = False
     it = iter(lines)
     try:

@@ -118,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(corpus.REPO / "bench" / "results.json"))
     ap.add_argument("--md", default=str(corpus.REPO / "BENCHMARKS.md"), help="'' to skip writing the markdown")
     args = ap.parse_args(argv)
+    if not os.environ.get("RXGATE_AUDIT_KEY") and not os.environ.get("RXGATE_AUDIT_KEY_FILE"):
+        # every database the bench writes is a scratch one made for this run (and its workers, which
+        # inherit the environment): a key of its own, never a site's audit key
+        import secrets
+
+        os.environ["RXGATE_AUDIT_KEY"] = secrets.token_hex(32)
     cfg = configure(args.quick)
     started = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731

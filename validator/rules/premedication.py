@@ -142,10 +142,16 @@ def belonging_premedications(
         return {}
     out: dict[int, int] = {}
     for order in order_set.orders:
-        start = _order_start(order) if order.timing.start is not None else None
+        if order.timing.start is None:
+            continue
+        start = _order_start(order)
+        evidence: dict[int, bool] = {}  # per protocol: whether it counts this order as a premed (once, not per dose)
         best: tuple[Decimal, int, int] | None = None
         for position, (go, dose_protocol) in enumerate(doses):
-            if start is None or not _is_premed_evidence(order, dose_protocol):
+            counts = evidence.get(id(dose_protocol))
+            if counts is None:
+                counts = evidence[id(dose_protocol)] = _is_premed_evidence(order, dose_protocol)
+            if not counts:
                 continue
             go_start = _order_start(go)
             if _closest_distance(start, go_start) > dose_protocol.premedication.belongs_within_hours * 3600:
